@@ -1,0 +1,147 @@
+"""The sink: the one writer of the output file, and the driver's source of completions.
+
+Output is append-only JSON Lines, one whole line per row, flushed after every delivered batch. Rows
+are deduplicated by id (the first write wins), which makes re-runs after a crash exactly-once: a
+re-admitted row that was in fact finished, or a row already written by an earlier run (``--resume``),
+is dropped. After writing, the sink tells the store to free the rows' offloaded texts, and queues one
+completion per row for the driver, which long-polls :meth:`Sink.poll`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from .transport import Outbox
+
+
+def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
+    """Ids of the rows already in an output file, read as a stream.
+
+    A torn last line (a crash mid-write: no final newline, or not valid JSON) is cut off when
+    ``repair``. Returns ``(ids, bytes cut)``. Lines that are not output rows are ignored.
+    """
+    ids: set = set()
+    p = Path(path)
+    if not p.exists():
+        return ids, 0
+    good_end = 0
+    with p.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break                       # torn: the write of this line never completed
+            good_end += len(raw)
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue                    # a broken whole line: not an output row
+            meta = obj.get("_meta") if isinstance(obj, dict) else None
+            if isinstance(meta, dict) and "id" in meta:
+                ids.add(_key(meta["id"]))
+    size = p.stat().st_size
+    cut = size - good_end
+    if cut and repair:
+        with p.open("r+b") as f:
+            f.truncate(good_end)
+    return ids, cut
+
+
+def _key(row_id: Any) -> Hashable:
+    """Dedup key of a row id (ids are str or int; anything else is keyed by its JSON text)."""
+    if isinstance(row_id, (str, int)) and not isinstance(row_id, bool):
+        return row_id
+    return json.dumps(row_id, sort_keys=True)
+
+
+row_key = _key
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Sink:
+    """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
+
+    def __init__(self, path: str, mode: str, store_name: str | None, namespace: str | None = None):
+        ctx = ray.get_runtime_context()
+        if ctx.was_current_actor_reconstructed or mode == "append":
+            self._written, self.cut_bytes = scan_output(path)
+        else:  # "new": the driver has checked --overwrite
+            Path(path).write_bytes(b"")
+            self._written, self.cut_bytes = set(), 0
+        self._path = path
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the actor's life
+        self._store_name = store_name
+        self._namespace = namespace
+        self._store: Any = None
+        self._outbox: Outbox | None = None
+        self._completions: list = []
+        self._event: asyncio.Event | None = None
+        self.duplicates = 0
+        self.lines = 0
+
+    async def deliver(self, batch: list[tuple[Hashable, str, dict]]) -> int:
+        """Write rows: items are ``(key, json_line, info)``; ``info`` goes to the driver's completions."""
+        out: list[str] = []
+        freed: list[Hashable] = []
+        for key, line, info in batch:
+            if key in self._written:
+                self.duplicates += 1
+                continue
+            self._written.add(key)
+            out.append(line)
+            out.append("\n")
+            freed.append(key)
+            self._completions.append((key, info))
+        if out:
+            self._f.write("".join(out))
+            self._f.flush()
+            self.lines += len(freed)
+            self._free(freed)
+            self._wake()
+        return 0
+
+    def _free(self, keys: list[Hashable]) -> None:
+        if not self._store_name:
+            return
+        if self._outbox is None:
+            self._outbox = Outbox()
+            self._store = ray.get_actor(self._store_name, namespace=self._namespace)
+        for key in keys:
+            self._outbox.send("store", self._store, key, method="free")
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    async def poll(self, timeout: float = 0.25) -> list[tuple[Hashable, dict]]:
+        """Completions since the last poll; waits up to ``timeout`` seconds for at least one."""
+        if not self._completions:
+            if self._event is None:
+                self._event = asyncio.Event()
+            self._event.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+        done, self._completions = self._completions, []
+        return done
+
+    def written(self, keys: list[Hashable]) -> list[Hashable]:
+        """Which of ``keys`` are in the output."""
+        return [k for k in keys if k in self._written]
+
+    async def close(self) -> dict:
+        """Flush and fsync the output; wait for pending frees. Returns counters."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        if self._outbox is not None:
+            await self._outbox.drain()
+        return {"lines": self.lines, "duplicates": self.duplicates, "cut_bytes": self.cut_bytes}
+
+    def ping(self) -> tuple[str, int]:
+        """Liveness probe: (actor id, pid)."""
+        return ray.get_runtime_context().get_actor_id(), os.getpid()
