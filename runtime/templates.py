@@ -1,0 +1,131 @@
+"""Jinja2 templates of agents (system, prompt, input, sim), compiled once per workflow, rendered sandboxed.
+
+Rendering rules beyond plain jinja2 (all in an ImmutableSandboxedEnvironment, default lenient Undefined):
+- `obj.name` on a mapping reads the key first (so a row field called `items` or `values` is the field,
+  not the dict method); other objects go through the sandbox's checked attribute lookup.
+- `{{ x }}` with x null renders as the empty string (not Python's "None").
+- the `random` filter draws from a per-step `random.Random(seed)` (deterministic across processes),
+  never from the global generator; the `lipsum` global, which uses the global generator, is removed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, Undefined, meta, nodes, pass_environment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .ir import IRError
+
+
+class MissingText(RuntimeError):
+    """A history text needed by a template or guard was not supplied by the caller (see history_need)."""
+
+
+class RenderError(Exception):
+    """A template failed while rendering (undefined call, type error, sandbox violation, ...)."""
+
+
+class LazyRandom:
+    """A `random.Random(seed)` created on first use (most templates never draw)."""
+
+    __slots__ = ("seed", "_rng")
+
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+        self._rng: random.Random | None = None
+
+    def get(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
+
+
+_CURRENT_RNG: ContextVar[LazyRandom | None] = ContextVar("matrixlang_template_rng", default=None)
+
+
+@pass_environment
+def _random_filter(env: ImmutableSandboxedEnvironment, seq: Any) -> Any:
+    """`x | random`: a random item drawn from the step's seeded generator."""
+    lazy = _CURRENT_RNG.get()
+    rng = lazy.get() if lazy is not None else random.Random(0)
+    items = seq if isinstance(seq, Sequence) else list(seq)
+    if not items:
+        return env.undefined("No random item, sequence was empty.")
+    return rng.choice(items)
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+ENV = _Env(autoescape=False, finalize=_finalize, undefined=Undefined)
+ENV.filters["random"] = _random_filter
+ENV.globals.pop("lipsum", None)
+
+
+class Template:
+    """One compiled template. `names`: context names it reads; `reads`: `(name, attr)` pairs where
+    attr is the constant attribute/key read on that name, or None when the whole value is used."""
+
+    __slots__ = ("source", "label", "names", "reads", "_tmpl")
+
+    def __init__(self, source: str, label: str) -> None:
+        self.source, self.label = source, label
+        try:
+            ast = ENV.parse(source)
+            self._tmpl = ENV.from_string(ast)
+        except TemplateSyntaxError as e:
+            raise IRError(f"{label}: template syntax error at line {e.lineno}: {e.message}") from None
+        self.names = frozenset(meta.find_undeclared_variables(ast))
+        self.reads = frozenset(_template_reads(ast, self.names))
+
+    def render(self, ctx: Mapping[str, Any], rng: LazyRandom | None = None) -> str:
+        """Render with context `ctx` (at least `self.names`); raise RenderError on failure."""
+        token = _CURRENT_RNG.set(rng)
+        try:
+            return self._tmpl.render(ctx)
+        except MissingText:
+            raise
+        except Exception as e:  # jinja raises many kinds: UndefinedError, SecurityError, TypeError, ...
+            raise RenderError(f"{self.label}: {type(e).__name__}: {e}") from None
+        finally:
+            _CURRENT_RNG.reset(token)
+
+
+def compile_template(source: str | None, label: str) -> Template | None:
+    """Compile a template source, or None for None; raise IRError on syntax errors."""
+    return None if source is None else Template(source, label)
+
+
+def _template_reads(ast: nodes.Template, names: frozenset[str]) -> set[tuple[str, str | None]]:
+    out: set[tuple[str, str | None]] = set()
+
+    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in names:
+            key: str | None = None
+            if isinstance(parent, nodes.Getattr) and parent.node is node:
+                key = parent.attr
+            elif (isinstance(parent, nodes.Getitem) and parent.node is node
+                  and isinstance(parent.arg, nodes.Const) and isinstance(parent.arg.value, str)):
+                key = parent.arg.value
+            out.add((node.name, key))
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(ast, None)
+    return out
+
