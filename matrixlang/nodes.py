@@ -239,7 +239,5 @@ def walk(expr: Expr):
             stack.append(e.arg)
         elif isinstance(e, Binary):
             stack += [e.right, e.left]
-        elif isinstance(e, BoolOp):
-            stack.extend(reversed(e.args))
-        elif isinstance(e, Call):
+        elif isinstance(e, (BoolOp, Call)):
             stack.extend(reversed(e.args))

@@ -18,8 +18,7 @@ from .source import Source, Span
 from .strings import decode
 
 KEYWORDS = frozenset(
-    "workflow input limits model tool agent flow output params extract start end fail when "
-    "and or not in contains matches true false null".split()
+    ["workflow", "input", "limits", "model", "tool", "agent", "flow", "output", "params", "extract", "start", "end", "fail", "when", "and", "or", "not", "in", "contains", "matches", "true", "false", "null"]
 )
 DECL_KEYWORDS = ("workflow", "input", "limits", "model", "tool", "agent", "flow", "output")
 
@@ -68,6 +67,9 @@ def _terminal_word(t: str) -> str:
 
 def _describe(terminals: set[str]) -> str:
     words: list[str] = []
+    keys = [t for t in terminals if t in {k.upper() for k in KEYWORDS}]
+    if "NAME" in terminals and len(keys) > 4:
+        terminals = terminals - set(keys)
     # A position that takes any expression lists a dozen terminals; say so in one word.
     if {"NUMBER", "STRING", "LPAR"} <= terminals:
         terminals = terminals - {"NUMBER", "STRING", "RAW_STRING", "LONG_STRING", "RAW_LONG_STRING",
@@ -78,9 +80,6 @@ def _describe(terminals: set[str]) -> str:
     if (terminals & _OPERATORS) or anon:
         terminals = terminals - _OPERATORS - anon
         words.append("an operator")
-    keys = [t for t in terminals if t in {k.upper() for k in KEYWORDS}]
-    if "NAME" in terminals and len(keys) > 4:
-        terminals = terminals - set(keys)
     for t in sorted(terminals, key=lambda t: (t == "$END", _terminal_word(t))):
         w = _terminal_word(t)
         if w not in words:
@@ -480,6 +479,8 @@ def _parse_by_declaration(source: Source, diags: Diagnostics):
             m = _DECL_START.match(text, a) or _DECL_START.search(text, a, b)
             if m and m.group(2):
                 broken.add(m.group(2))
+            if m and m.group(1) in ("workflow", "input", "limits", "flow", "output"):
+                broken.add(m.group(1))
             # A chunk that fails only at its very end, on a top-level keyword, is a missing `}`.
             del diags.items[before + 1 :]
     return decls, comments, broken
@@ -490,10 +491,7 @@ def _blank(s: str) -> str:
 
 
 def _inside_string(text: str, pos: int) -> bool:
-    for m in _COMMENT_SCAN.finditer(text, 0, pos + 1):
-        if m.start() < pos < m.end():
-            return True
-    return False
+    return any(m.start() < pos < m.end() for m in _COMMENT_SCAN.finditer(text, 0, pos + 1))
 
 
 def parse_expression(text: str) -> n.Expr:

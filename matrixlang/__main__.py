@@ -1,0 +1,5 @@
+"""`python -m matrixlang` is `mxc`."""
+
+from .cli import entry
+
+entry()

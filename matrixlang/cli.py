@@ -1,0 +1,71 @@
+"""`mxc`: check, compile, draw, format and run .mx workflows.
+
+Each subcommand lives in `matrixlang/commands/NAME.py` and exposes `register(subparsers)`.
+Exit codes: 0 success, 1 errors in the program (or a failed run), 2 bad usage, 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from . import __version__
+
+COMMANDS = ("check", "compile", "graph", "fmt", "run", "sim_server", "serve")
+
+EPILOG = """examples:
+  mxc check workflows/*.mx                  check programs (exit 1 on errors)
+  mxc check --strict --format json f.mx     warnings fail too; diagnostics as JSON
+  mxc compile coral.mx -o coral.json        the IR (JSON) the runtime executes
+  mxc graph coral.mx --format mermaid       draw the flow (dot, mermaid, svg, png)
+  mxc fmt --check workflows/*.mx            is every file canonically formatted?
+  mxc run coral.mx --input rows.jsonl --output out.jsonl --backend sim
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mxc", description="The matrixlang compiler and runner for multi-agent workflows.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mxc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"matrixlang.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"matrixlang.commands.{name}":
+                continue  # a command not built in this version
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("mxc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # never a traceback for users: say it is our bug
+        print(f"mxc: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  this is a bug in mxc, not in your program; please report it with the input file and this:",
+              file=sys.stderr)
+        print("  " + traceback.format_exc().strip().replace("\n", "\n  "), file=sys.stderr)
+        return 3
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1 @@
+"""One module per `mxc` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,116 @@
+"""jinja2 templates in agents: parse them in the sandbox and find what they read.
+
+Diagnostics point into the `.mx` file through the string literal's offset map.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from jinja2 import TemplateSyntaxError, meta
+from jinja2 import nodes as jn
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from . import nodes as n
+from .catalog import CONTEXT_NAMES
+from .diagnostics import Diagnostics, did_you_mean
+from .source import Span
+from .types import Scope
+
+JINJA_GLOBALS = ("range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop")
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    """The environment templates are parsed with (the runtime renders with the same settings)."""
+    return ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+
+
+def _locate(lit: n.Literal, lineno: int | None, needle: str | None) -> Span:
+    """The source span of `needle` on the template's line `lineno` (or of the whole line)."""
+    text: str = lit.value
+    offs = lit.offsets or []
+    if not offs:
+        return lit.span
+    lines = text.split("\n")
+    lineno = max(1, min(lineno or 1, len(lines)))
+    line_start = sum(len(x) + 1 for x in lines[: lineno - 1])
+    line = lines[lineno - 1]
+    i = -1
+    if needle:
+        m = re.search(r"(?<![\w.])" + re.escape(needle) + r"(?!\w)", line)
+        i = m.start() if m else line.find(needle)
+    if i < 0:
+        stripped = len(line) - len(line.lstrip())
+        a, b = line_start + stripped, line_start + max(len(line), stripped + 1)
+    else:
+        a, b = line_start + i, line_start + i + len(needle)
+    a, b = min(a, len(offs) - 1), min(b, len(offs)) - 1
+    return Span(offs[a], offs[max(a, b)] + 1)
+
+
+def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str) -> None:
+    """Parse one template and check every name and field it reads."""
+    env = environment()
+    try:
+        ast = env.parse(lit.value)
+    except TemplateSyntaxError as exc:
+        diags.error("E027", f"template syntax error in `{where}`: {exc.message}", _locate(lit, exc.lineno, None),
+                    "templates are jinja2: `{{ expr }}`, `{% if %}...{% endif %}`, `{% for x in xs %}...{% endfor %}`")
+        return
+    known = set(CONTEXT_NAMES) | set(scope.agents) | set(JINJA_GLOBALS)
+    undeclared = meta.find_undeclared_variables(ast)
+    for node in ast.find_all(jn.Name):
+        if node.ctx == "load" and node.name in undeclared and node.name not in known:
+            diags.error("E040", f"template `{where}` reads unknown name `{node.name}`",
+                        _locate(lit, node.lineno, node.name),
+                        did_you_mean(node.name, known - set(JINJA_GLOBALS))
+                        or f"templates can read {', '.join(sorted(known - set(JINJA_GLOBALS)))}")
+            undeclared.discard(node.name)  # once per name
+    seen_attr: set[int] = set()
+    for node in ast.find_all((jn.Getattr, jn.Getitem)):
+        base = node.node
+        if not (isinstance(base, jn.Name) and base.name in undeclared):
+            continue
+        if isinstance(node, jn.Getattr):
+            field = node.attr
+        elif isinstance(node.arg, jn.Const) and isinstance(node.arg.value, str):
+            field = node.arg.value
+        else:
+            continue
+        seen_attr.add(id(base))
+        _check_field(lit, node.lineno, base.name, field, scope, diags, where)
+    # A bare agent name (`{{ teacher }}`) reads all of its fields.
+    for node in ast.find_all(jn.Name):
+        if node.name in scope.agents and node.name in undeclared and id(node) not in seen_attr:
+            t = scope.agents[node.name]
+            for f, _ in t.fields:
+                scope.on_read(node.name, f)
+
+
+def _check_field(lit: n.Literal, lineno: int, base: str, field: str, scope: Scope, diags: Diagnostics,
+                 where: str) -> None:
+    needle = f"{base}.{field}"
+    if base == "row":
+        known = [f for f, _ in scope.row.fields]
+        if field not in known:
+            diags.error("E042", f"template `{where}` reads `row.{field}`, but the input has no field `{field}`",
+                        _locate(lit, lineno, needle), did_you_mean(field, known)
+                        or f"input fields are {', '.join(known)}")
+    elif base in scope.agents:
+        t = scope.agents[base]
+        known = [f for f, _ in t.fields]
+        if field not in known:
+            diags.error("E041", f"template `{where}` reads `{base}.{field}`, but agent `{base}` has no "
+                        f"field `{field}`", _locate(lit, lineno, needle),
+                        did_you_mean(field, known) or f"its fields are {', '.join(known)}")
+        else:
+            scope.on_read(base, field)
+    elif base == "visits" and field not in scope.agents:
+        diags.error("E040", f"template `{where}` reads `visits.{field}`, but no agent is named `{field}`",
+                    _locate(lit, lineno, needle), did_you_mean(field, scope.agents))
+    elif base == "last" and field not in ("agent", "text"):
+        diags.error("E041", f"template `{where}` reads `last.{field}`; `last` has `agent` and `text`",
+                    _locate(lit, lineno, needle), did_you_mean(field, ["agent", "text"]))
+
