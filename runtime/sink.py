@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from .cluster import actor_info
 from .transport import Outbox
 
 
@@ -142,6 +143,6 @@ class Sink:
             await self._outbox.drain()
         return {"lines": self.lines, "duplicates": self.duplicates, "cut_bytes": self.cut_bytes}
 
-    def ping(self) -> tuple[str, int]:
-        """Liveness probe: (actor id, pid)."""
-        return ray.get_runtime_context().get_actor_id(), os.getpid()
+    def ping(self) -> tuple[str, int, str]:
+        """Liveness probe: (incarnation, pid, node id)."""
+        return actor_info()

@@ -17,6 +17,8 @@ from typing import Any
 
 import ray
 
+from .cluster import actor_info
+
 PREVIEW_CHARS = 64
 
 
@@ -100,8 +102,6 @@ class Store:
         """Rows and references currently held, and references freed so far."""
         return {"rows": len(self._refs), "refs": self._n_refs, "freed": self._total_freed}
 
-    def ping(self) -> tuple[str, int]:
-        """Liveness probe: (actor id, pid)."""
-        import os
-
-        return ray.get_runtime_context().get_actor_id(), os.getpid()
+    def ping(self) -> tuple[str, int, str]:
+        """Liveness probe: (incarnation, pid, node id)."""
+        return actor_info()

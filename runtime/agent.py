@@ -1,0 +1,327 @@
+"""The agent actor: one replica of one agent role, a node of the peer-to-peer message path.
+
+``deliver(batch)`` only enqueues: each delivered message becomes its own asyncio task that fetches the
+offloaded history texts it needs, renders the step (``engine.prepare_call``), calls the model (the sim
+service, one-way and coalesced) or the tool, applies the reply, and then **routes the message itself**:
+to a replica of the next role, chosen by power of two choices on the load reported in acks plus what
+this actor still has on its way there, or, when the row is finished, as one output line to the sink.
+In central mode every step result goes to the coordinator instead, which routes it.
+
+A message stays *held* (``held_ids``) from its delivery until the next actor has acknowledged it, so
+the driver can find rows that no live actor holds after an actor died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import ray
+
+from .cluster import Handles, Topology, actor_info
+from .engine import Engine, LLMCall, Reply, StepError
+from .message import Message
+from .sink import row_key
+from .store import fetch_texts, offload_entry
+from .transport import Outbox, pick_two
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    """What every agent replica of a run is built from."""
+
+    ir: dict
+    topo: Topology
+    seed: int = 0
+    backend: str | None = None
+    offload_threshold: int = 512
+    coalesce: bool = True
+    window_s: float = 0.002
+    measure_bytes: bool = False
+    call_retries: int = 3
+    call_timeout_s: float = 120.0
+
+
+def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, str, dict]:
+    """The sink item of a finished message: (key, JSON line, completion info for the driver)."""
+    row = engine.output_row(msg, texts)
+    line = json.dumps(row, ensure_ascii=False, default=str)
+    u = msg.usage.values()
+    info = {"status": msg.status, "reason": msg.reason, "attempt": msg.attempt, "steps": msg.steps,
+            "prompt_tokens": sum(x["prompt_tokens"] for x in u),
+            "completion_tokens": sum(x["completion_tokens"] for x in u),
+            "finished": msg.timing.get("finished")}
+    return row_key(msg.id), line, info
+
+
+def message_bytes(msg: Message) -> int:
+    """Pickled size of a message as it travels (an offloaded entry counts its reference, not its text)."""
+    if any("ref" in e for e in msg.history):
+        hist = [{**e, "ref": e["ref"].binary()} if "ref" in e else e for e in msg.history]
+        msg = Message(**{**{s: getattr(msg, s) for s in Message.__slots__}, "history": hist})
+    return len(pickle.dumps(msg, protocol=5))
+
+
+@ray.remote(num_cpus=0)
+class AgentActor:
+    """One replica of an agent role."""
+
+    def __init__(self, role: str, index: int, cfg: AgentConfig):
+        self.role, self.index, self.cfg = role, index, cfg
+        self.engine = Engine(cfg.ir, seed=cfg.seed, backend=cfg.backend)
+        self.spec = self.engine.agents[role]
+        self.topo = cfg.topo
+        self.name = cfg.topo.agent(role, index)
+        self.handles = Handles(cfg.topo)
+        self.rng = random.Random(f"{self.name}:{os.getpid()}")
+        self.held: Counter = Counter()            # row key -> copies held (processing or unacked)
+        self.sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
+        self._outbox: Outbox | None = None
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
+        self._next_req = 0
+        self._reroutes: dict[int, int] = {}
+        self.calls = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=20000)
+        self.hop_bytes = 0
+        self.hops = 0
+        self.dropped = 0
+        self.output_need = self.engine.output_need()
+        cap = self.engine.ir["models"].get(self.spec.model or "", {}).get("timeout_s")
+        self.timeout_s = min(cfg.call_timeout_s, cap) if cap else cfg.call_timeout_s
+
+    # -- inbound ---------------------------------------------------------------------------------
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(coalesce=self.cfg.coalesce, window_s=self.cfg.window_s,
+                                  on_ack=self._on_ack, on_error=self._on_error)
+        return self._outbox
+
+    async def deliver(self, batch: list[Message]) -> int:
+        """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
+        for msg in batch:
+            self.held[row_key(msg.id)] += 1
+            asyncio.ensure_future(self._run(msg))
+        return len(self.held)
+
+    async def replies(self, batch: list[tuple]) -> int:
+        """Model replies from the sim service: ``(req_id, text, prompt_tokens, completion_tokens)``."""
+        for req_id, text, ptok, ctok in batch:
+            fut = self._waiting.pop(req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(Reply(text, ptok, ctok))
+        return len(self.held)
+
+    # -- one step --------------------------------------------------------------------------------
+    async def _run(self, msg: Message) -> None:
+        key = row_key(msg.id)
+        try:
+            async with self.sem:
+                routed = await self._step(msg)
+        except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
+            routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
+        if not routed:
+            self._release(key)
+
+    async def _step(self, msg: Message) -> bool:
+        """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
+        eng = self.engine
+        try:
+            texts = await fetch_texts(msg.history, eng.history_need(self.role))
+        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError):
+            self.dropped += 1      # its offloaded texts died with the store: re-run from the start
+            return False
+        try:
+            call = eng.prepare_call(msg, texts)
+        except StepError as e:
+            eng.fail(msg, "failed", e.reason, e.detail, time.time())
+            return await self._finish(msg, texts)
+        t0 = time.perf_counter()
+        if isinstance(call, LLMCall):
+            reply = await self._call_model(call)
+            if reply is None:
+                eng.fail(msg, "error", "model_error",
+                         f"model {call.model!r}: no reply after {self.cfg.call_retries} retries "
+                         f"(timeout {self.timeout_s:g}s)", time.time())
+                return await self._finish(msg, texts)
+        else:
+            reply, err = await self._call_tool(call)
+            if reply is None:
+                eng.fail(msg, "error", "tool_error", err, time.time())
+                return await self._finish(msg, texts)
+        self.latencies.append(time.perf_counter() - t0)
+        self.calls += 1
+        try:
+            eng.apply_reply(msg, reply, texts, time.time())
+        except StepError as e:
+            eng.fail(msg, "failed", e.reason, e.detail, time.time())
+        if msg.finished:
+            return await self._finish(msg, list(texts) + [reply.text])
+        entry, ref = offload_entry(msg.history[-1], self.cfg.offload_threshold, self._store())
+        if ref is not None:
+            msg.history[-1] = entry
+            self.outbox.send(("store",), self._store(), (row_key(msg.id), [ref]))
+        self._route(msg)
+        return True
+
+    async def _call_model(self, call: LLMCall) -> Reply | None:
+        """One model call through the sim service, retried on timeout; None after the last retry."""
+        sims = self.topo.sims_of(call.model)
+        loop = asyncio.get_running_loop()
+        for _ in range(self.cfg.call_retries + 1):
+            req_id = self._next_req
+            self._next_req += 1
+            fut = self._waiting[req_id] = loop.create_future()
+            dest = pick_two(sims, lambda n: self.outbox.load(("sim", n)), self.rng)
+            req = (self.name, req_id, call.sim_text, call.sim_tokens, call.prompt_tokens, call.seed_key)
+            self._requests[req_id] = (dest, req)
+            self.outbox.send(("sim", dest), self.handles.get(dest), req, method="submit")
+            try:
+                return await asyncio.wait_for(fut, self.timeout_s)
+            except (asyncio.TimeoutError, ray.exceptions.RayActorError):
+                self._waiting.pop(req_id, None)
+                self.errors += 1
+            finally:
+                self._requests.pop(req_id, None)
+        return None
+
+    def sim_restarted(self, names: list[str]) -> int:
+        """A sim service restarted and lost its queue: re-send this replica's requests to it."""
+        n = 0
+        for dest, req in list(self._requests.values()):
+            if dest in names:
+                self.outbox.send(("sim", dest), self.handles.get(dest), req, method="submit")
+                n += 1
+        return n
+
+    async def _call_tool(self, call) -> tuple[Reply | None, str]:
+        """One tool run through the tool service; (None, detail) when it fails after retries."""
+        names = self.topo.tools_of(call.tool)
+        spec = self.engine.ir["tools"][call.tool]
+        detail = "no tool service"
+        for _ in range(self.cfg.call_retries + 1):
+            handle = self.handles.get(self.rng.choice(names))
+            try:
+                res = await asyncio.wait_for(handle.run.remote(call.tool, spec, call.input),
+                                             self.timeout_s + float(spec.get("timeout_s", 0)))
+            except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
+                self.errors += 1
+                detail = f"tool {call.tool!r}: {type(e).__name__}"
+                continue
+            if res.get("error"):   # the sandbox could not run the code at all
+                return None, f"tool {call.tool!r}: {res['error']}"
+            text = res.get("stdout", "") + res.get("stderr", "")
+            return Reply(text, 0, 0, res.get("exit_code")), ""
+        return None, detail
+
+    # -- outbound --------------------------------------------------------------------------------
+    def _store(self):
+        return self.handles.get(self.topo.store)
+
+    def _route(self, msg: Message) -> None:
+        """Send a running message on: to a replica of its next role (or to the coordinator)."""
+        if self.cfg.measure_bytes:
+            self.hop_bytes += message_bytes(msg)
+            self.hops += 1
+        if self.topo.central:
+            name = self.topo.coordinator
+        else:
+            names = self.topo.agents(msg.state)
+            name = pick_two(names, lambda n: self.outbox.load(("agent", n)), self.rng)
+        self.outbox.send(("agent", name), self.handles.get(name), msg)
+
+    async def _finish(self, msg: Message, texts) -> bool:
+        """Send a finished message's output line to the sink (or the coordinator)."""
+        if self.output_need != "none" and any("ref" in e for e in msg.history):
+            texts = await fetch_texts(msg.history, "all")
+        item = output_line(self.engine, msg, texts)
+        name = self.topo.coordinator if self.topo.central else self.topo.sink
+        self.outbox.send(("out", name), self.handles.get(name), item)
+        return True
+
+    def _fail_and_finish(self, msg: Message, status: str, reason: str, detail: str) -> bool:
+        try:
+            if not msg.finished:
+                self.engine.fail(msg, status, reason, detail, time.time())
+            texts = [e.get("text") for e in msg.history]
+            if any(t is None for t in texts) and self.output_need != "none":
+                return False          # cannot render without fetching: let the driver re-run it
+            item = output_line(self.engine, msg, texts)
+        except Exception:  # noqa: BLE001
+            return False
+        name = self.topo.coordinator if self.topo.central else self.topo.sink
+        self.outbox.send(("out", name), self.handles.get(name), item)
+        return True
+
+    def _release(self, key: Hashable) -> None:
+        n = self.held[key] - 1
+        if n > 0:
+            self.held[key] = n
+        else:
+            self.held.pop(key, None)
+
+    def _on_ack(self, dest: tuple, batch: list, load) -> None:
+        kind = dest[0]
+        if self._reroutes:
+            for item in batch:
+                self._reroutes.pop(id(item), None)
+        if kind == "agent":
+            for msg in batch:
+                self._release(row_key(msg.id))
+        elif kind == "out":
+            for key, _, _ in batch:
+                self._release(key)
+
+    def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
+        """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
+        kind = dest[0]
+        if kind == "sim":
+            for req in batch:
+                fut = self._waiting.pop(req[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(ray.exceptions.RayActorError())
+            return
+        if kind not in ("agent", "out"):
+            return
+        asyncio.get_running_loop().call_later(0.2, self._resend, dest, batch)
+
+    def _resend(self, dest: tuple, batch: list) -> None:
+        for item in batch:
+            key = row_key(item.id) if isinstance(item, Message) else item[0]
+            tries = self._reroutes.get(id(item), 0) + 1
+            if tries > 10:
+                self._reroutes.pop(id(item), None)
+                self.dropped += 1
+                self._release(key)          # the driver's lost-row scan re-admits it
+                continue
+            self._reroutes[id(item)] = tries
+            if isinstance(item, Message) and dest[0] == "agent":
+                self._route(item)
+            else:
+                self.outbox.send(dest, self.handles.get(dest[1]), item)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def held_ids(self) -> list[Hashable]:
+        """Row keys this replica holds (processing, or sent and not yet acknowledged)."""
+        return list(self.held)
+
+    def stats(self) -> dict:
+        """Calls, call latencies (seconds), errors, transport counters, bytes per hop."""
+        return {"role": self.role, "index": self.index, "calls": self.calls, "errors": self.errors,
+                "latencies": list(self.latencies), "held": len(self.held), "dropped": self.dropped,
+                "hops": self.hops, "hop_bytes": self.hop_bytes,
+                "outbox": self._outbox.stats.as_dict() if self._outbox else None}
+
+    def ping(self) -> tuple[str, int, str]:
+        """Liveness probe: (incarnation, pid, node id)."""
+        return actor_info()
+

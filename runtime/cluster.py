@@ -1,0 +1,103 @@
+"""Ray start/attach, and the names of a run's actors.
+
+``connect`` starts a quiet local Ray sized to the machine (no dashboard), or attaches to a cluster
+given by ``--address``/``RAY_ADDRESS`` (which is also how a script submitted with ``ray job submit``
+finds its cluster). Every actor of a run is a named actor, so that any actor, including one Ray has
+just restarted, can find its peers by name (:class:`Topology`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import ray
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Make sure this process is connected to Ray. Returns True when this call started local Ray."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    common = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **common)
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+    return True
+
+
+def this_node_id() -> str:
+    """Ray node id of this process (the driver's node: the sink runs there, next to the output file)."""
+    return ray.get_runtime_context().get_node_id()
+
+
+def actor_info() -> tuple[str, int, str]:
+    """(incarnation token, pid, node id) of the calling actor process, for liveness pings."""
+    ctx = ray.get_runtime_context()
+    return f"{os.getpid()}@{ctx.get_node_id()[:12]}", os.getpid(), ctx.get_node_id()
+
+
+@dataclass(slots=True)
+class Topology:
+    """Where a run's actors are: their names (``prefix`` is unique per run) and replica counts."""
+
+    prefix: str
+    namespace: str | None
+    roles: dict[str, int]                      # agent role → replicas
+    sims: dict[str, int] = field(default_factory=dict)   # model → sim service actors
+    tools: dict[str, int] = field(default_factory=dict)  # tool → tool service actors
+    central: bool = False
+
+    def agent(self, role: str, i: int) -> str:
+        return f"{self.prefix}:agent:{role}:{i}"
+
+    def agents(self, role: str) -> list[str]:
+        return [self.agent(role, i) for i in range(self.roles[role])]
+
+    def all_agents(self) -> list[str]:
+        return [n for role in self.roles for n in self.agents(role)]
+
+    def sim(self, model: str, i: int) -> str:
+        return f"{self.prefix}:sim:{model}:{i}"
+
+    def sims_of(self, model: str) -> list[str]:
+        return [self.sim(model, i) for i in range(self.sims[model])]
+
+    def tool(self, name: str, i: int) -> str:
+        return f"{self.prefix}:tool:{name}:{i}"
+
+    def tools_of(self, name: str) -> list[str]:
+        return [self.tool(name, i) for i in range(self.tools[name])]
+
+    @property
+    def sink(self) -> str:
+        return f"{self.prefix}:sink"
+
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}:store"
+
+    @property
+    def coordinator(self) -> str:
+        return f"{self.prefix}:coordinator"
+
+
+class Handles:
+    """Cache of actor handles looked up by name (one ``ray.get_actor`` per name and process)."""
+
+    def __init__(self, topo: Topology):
+        self.topo = topo
+        self._cache: dict[str, object] = {}
+
+    def get(self, name: str):
+        h = self._cache.get(name)
+        if h is None:
+            h = self._cache[name] = ray.get_actor(name, namespace=self.topo.namespace)
+        return h
+
+    def put(self, name: str, handle: object) -> None:
+        self._cache[name] = handle

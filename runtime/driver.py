@@ -1,0 +1,307 @@
+"""The driver: streams the input, admits rows, learns completions, and recovers rows lost with an actor.
+
+The driver is not on the message path: it admits a row (``engine.new_message``) by sending its message
+to a replica of the first role (or to the coordinator in central mode) and then only hears about the
+row again when the sink reports it written. It keeps every admitted row until then, so that when an
+actor dies (seen by a changed incarnation or a failed ping), or nothing has completed for a while, it
+can ask every actor which rows it holds (twice, apart, to avoid races with rows moving between
+actors) and re-admit the rows nobody holds and the sink has not written, from the start with
+``attempt + 1``, at most ``limits.row_attempts`` times; after that the row is written with status
+``error``, reason ``lost``.
+
+Scheduling: ``row`` admits a new row the moment one finishes (at most ``max_in_flight`` in the
+system); ``batch`` admits ``max_in_flight`` rows and waits for all of them before the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+
+from .agent import output_line
+from .cluster import Handles, Topology
+from .engine import Engine
+from .message import Message
+from .sink import row_key
+from .transport import Outbox, pick_two
+
+
+@dataclass(slots=True)
+class DriverConfig:
+    """Scheduling and recovery settings of one run."""
+
+    max_in_flight: int = 256
+    schedule: str = "row"              # "row" | "batch"
+    limit: int | None = None
+    coalesce: bool = True
+    window_s: float = 0.002
+    row_attempts: int = 3
+    ping_s: float = 0.5                # liveness pings of every actor
+    idle_scan_s: float = 5.0           # no completion for this long: look for lost rows
+    done_ids: set = field(default_factory=set)   # already in the output (--resume)
+
+
+@dataclass(slots=True)
+class DriverResult:
+    """What the driver saw: counts by status/reason, tokens, timing, recovery."""
+
+    rows: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    by_reason: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    first_admit: float | None = None
+    last_done: float | None = None
+    peak_in_flight: int = 0
+    skipped_done: int = 0
+    duplicate_ids: int = 0
+    readmitted: int = 0
+    lost: int = 0
+    scans: int = 0
+    deaths: int = 0
+    input_rows: int = 0
+
+
+def read_rows(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """``(position, line)`` of each non-blank input line, streamed; ``-`` reads standard input."""
+    f = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    try:
+        pos = 0
+        for line in f:
+            if not line.strip():
+                continue
+            if limit is not None and pos >= limit:
+                break
+            yield pos, line
+            pos += 1
+    finally:
+        if f is not sys.stdin:
+            f.close()
+
+
+class Driver:
+    """Admission, completion tracking and lost-row recovery for one run (an asyncio object)."""
+
+    def __init__(self, engine: Engine, topo: Topology, input_path: str, cfg: DriverConfig,
+                 on_progress: Callable[[Driver], None] | None = None):
+        self.engine, self.topo, self.cfg = engine, topo, cfg
+        self.handles = Handles(topo)
+        self.rows = read_rows(input_path, cfg.limit)
+        self.on_progress = on_progress
+        self.inflight: dict[Hashable, Message] = {}
+        self.seen: set[Hashable] = set()
+        self.held: Counter = Counter()
+        self.exhausted = False
+        self.res = DriverResult()
+        self.last_progress = time.monotonic()
+        self.incarnations: dict[str, str] = {}
+        self._outbox: Outbox | None = None
+        self.rng = random.Random(0)
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(coalesce=self.cfg.coalesce, window_s=self.cfg.window_s,
+                                  on_ack=self._on_ack, on_error=self._on_error)
+        return self._outbox
+
+    # -- main loop ---------------------------------------------------------------------------------
+    async def run(self) -> DriverResult:
+        """Run every input row to its output line; returns the counters."""
+        self.incarnations = await self._ping_all()
+        watch = asyncio.ensure_future(self._watch())
+        sink = self.handles.get(self.topo.sink)
+        try:
+            self._admit()
+            while not (self.exhausted and not self.inflight):
+                done = await sink.poll.remote(0.25)
+                for key, info in done:
+                    self._complete(key, info)
+                if done:
+                    self.last_progress = time.monotonic()
+                self._admit()
+                if self.on_progress is not None:
+                    self.on_progress(self)
+            await self.outbox.drain()
+        finally:
+            watch.cancel()
+        return self.res
+
+    def _admit(self) -> None:
+        cap = self.cfg.max_in_flight
+        if self.cfg.schedule == "batch":
+            if self.inflight:
+                return
+            budget = cap
+        else:
+            budget = cap - len(self.inflight)
+        while budget > 0 and not self.exhausted:
+            nxt = next(self.rows, None)
+            if nxt is None:
+                self.exhausted = True
+                break
+            if self._admit_line(*nxt):
+                budget -= 1
+
+    def _admit_line(self, pos: int, line: str) -> bool:
+        now = time.time()
+        self.res.input_rows += 1
+        msg = self.engine.new_message(line, pos, now)
+        key = row_key(msg.id)
+        if key in self.cfg.done_ids:
+            self.res.skipped_done += 1
+            return False
+        if key in self.seen:
+            self.res.duplicate_ids += 1
+            return False
+        self.seen.add(key)
+        if self.res.first_admit is None:
+            self.res.first_admit = now
+        self.inflight[key] = msg
+        self.res.peak_in_flight = max(self.res.peak_in_flight, len(self.inflight))
+        self._send(msg)
+        return True
+
+    def _send(self, msg: Message) -> None:
+        """Send a new (or re-admitted) message: finished ones straight to the sink."""
+        key = row_key(msg.id)
+        self.held[key] += 1
+        if msg.finished:
+            self.outbox.send(("out",), self.handles.get(self.topo.sink), output_line(self.engine, msg, []))
+        elif self.topo.central:
+            self.outbox.send(("coord",), self.handles.get(self.topo.coordinator), msg)
+        else:
+            names = self.topo.agents(msg.state)
+            name = pick_two(names, lambda n: self.outbox.load(("agent", n)), self.rng)
+            self.outbox.send(("agent", name), self.handles.get(name), msg)
+
+    def _complete(self, key: Hashable, info: dict) -> None:
+        if self.inflight.pop(key, None) is None:
+            return
+        r = self.res
+        r.rows += 1
+        r.by_status[info["status"]] += 1
+        if info.get("reason"):
+            r.by_reason[f"{info['status']}/{info['reason']}"] += 1
+        r.prompt_tokens += info.get("prompt_tokens", 0)
+        r.completion_tokens += info.get("completion_tokens", 0)
+        r.steps += info.get("steps", 0)
+        fin = info.get("finished") or time.time()
+        r.last_done = fin if r.last_done is None else max(r.last_done, fin)
+
+    # -- transport callbacks -------------------------------------------------------------------------
+    def _release(self, key: Hashable) -> None:
+        n = self.held[key] - 1
+        if n > 0:
+            self.held[key] = n
+        else:
+            self.held.pop(key, None)
+
+    def _on_ack(self, dest: tuple, batch: list, load) -> None:
+        for item in batch:
+            self._release(row_key(item.id) if isinstance(item, Message) else item[0])
+
+    def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
+        def resend() -> None:
+            for item in batch:
+                key = row_key(item.id) if isinstance(item, Message) else item[0]
+                if key in self.inflight:
+                    self._send(self.inflight[key])
+
+        asyncio.get_running_loop().call_later(0.2, resend)
+
+    # -- liveness and recovery -----------------------------------------------------------------------
+    def _actor_names(self) -> list[str]:
+        t = self.topo
+        names = t.all_agents() + [n for m in t.sims for n in t.sims_of(m)] + [t.store]
+        if t.central:
+            names.append(t.coordinator)
+        return names
+
+    async def _ping_all(self, timeout: float = 5.0) -> dict[str, str]:
+        names = self._actor_names()
+
+        async def one(name: str) -> str:
+            try:
+                inc, _, _ = await asyncio.wait_for(self.handles.get(name).ping.remote(), timeout)
+                return inc
+            except Exception:  # noqa: BLE001 - dead, restarting or unreachable
+                return "?"
+
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.ping_s)
+            now = await self._ping_all()
+            changed = [n for n, inc in now.items() if inc != self.incarnations.get(n)]
+            if changed:
+                self.res.deaths += sum(1 for n in changed if self.incarnations.get(n) != "?")
+                self.incarnations.update({n: i for n, i in now.items() if i != "?"})
+                await self._notify_restarts([n for n in changed if now[n] != "?"])
+            idle = time.monotonic() - self.last_progress > self.cfg.idle_scan_s
+            if self.inflight and (changed or idle):
+                await self._scan()
+                if idle:
+                    self.last_progress = time.monotonic()
+
+    async def _notify_restarts(self, names: list[str]) -> None:
+        """Tell agents that a sim service restarted, so they re-send the requests it lost."""
+        sims = [n for n in names if ":sim:" in n]
+        if not sims:
+            return
+        for agent in self.topo.all_agents():
+            self.handles.get(agent).sim_restarted.remote(sims)
+
+    async def _candidates(self) -> set[Hashable] | None:
+        names = self.topo.all_agents() + ([self.topo.coordinator] if self.topo.central else [])
+        try:
+            lists = await asyncio.wait_for(
+                asyncio.gather(*(self.handles.get(n).held_ids.remote() for n in names)), 10.0)
+        except Exception:  # noqa: BLE001 - an actor is still restarting: try again later
+            return None
+        held = set(self.held)
+        for ids in lists:
+            held.update(ids)
+        cands = [k for k in self.inflight if k not in held]
+        if not cands:
+            return set()
+        written = await self.handles.get(self.topo.sink).written.remote(cands)
+        return set(cands) - set(written)
+
+    async def _scan(self) -> None:
+        """Re-admit rows that no live actor holds and the sink has not written."""
+        self.res.scans += 1
+        first = await self._candidates()
+        if not first:
+            return
+        await asyncio.sleep(0.3)
+        second = await self._candidates()
+        if not second:
+            return
+        for key in first & second:
+            if key in self.inflight:
+                self._readmit(key)
+
+    def _readmit(self, key: Hashable) -> None:
+        old = self.inflight[key]
+        msg = copy.deepcopy(old)
+        msg.attempt = old.attempt + 1
+        if msg.attempt > self.cfg.row_attempts:
+            self.engine.fail(msg, "error", "lost",
+                             f"row lost {msg.attempt} times (an actor holding it died); "
+                             f"limits.row_attempts = {self.cfg.row_attempts}", time.time())
+            msg.attempt = old.attempt
+            self.res.lost += 1
+        else:
+            self.res.readmitted += 1
+        self.inflight[key] = msg
+        self._send(msg)
+

@@ -1,0 +1,123 @@
+"""Progress display during a run and the final summary table.
+
+On a terminal a rich progress bar shows rows done and failed, rows in flight, rows/s and tokens/s;
+otherwise a plain line is printed every few seconds. Both write to standard error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def count_rows(path: str, limit: int | None) -> int | None:
+    """Number of non-blank lines of a regular input file (None for standard input)."""
+    if path == "-":
+        return None
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+                if limit is not None and n >= limit:
+                    break
+    return n
+
+
+class RunProgress:
+    """Progress of a run: ``mode`` is ``bar`` (rich), ``plain`` (periodic lines) or ``off``."""
+
+    def __init__(self, total: int | None, mode: str = "auto", stream: TextIO | None = None,
+                 interval_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "plain"
+        self.mode, self.total, self.interval_s = mode, total, interval_s
+        self._t0 = time.monotonic()
+        self._last = 0.0
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> RunProgress:
+        if self.mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), console=Console(file=self.stream), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("run", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, driver: Any) -> None:
+        """Called by the driver after each completion poll."""
+        now = time.monotonic()
+        if now - self._last < (0.2 if self.mode == "bar" else self.interval_s) or self.mode == "off":
+            return
+        self._last = now
+        r = driver.res
+        el = max(now - self._t0, 1e-9)
+        failed = r.rows - r.by_status.get("ok", 0)
+        info = (f"failed {failed}  in flight {len(driver.inflight)}  "
+                f"{r.rows / el:.1f} rows/s  {r.completion_tokens / el:.0f} tok/s")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=r.rows + r.skipped_done, info=info)
+        else:
+            total = f"/{self.total}" if self.total is not None else ""
+            print(f"[mxc run] {r.rows + r.skipped_done}{total} rows  {info}  ({el:.0f}s)",
+                  file=self.stream, flush=True)
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) of xs by linear interpolation; None when empty."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def print_summary(summary: dict, stream: TextIO | None = None) -> None:
+    """The final table: rows by status and reason, throughput, per-agent calls and latencies."""
+    console = Console(file=stream or sys.stderr)
+    t = Table(title=f"mxc run: {summary['workflow']}", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("rows written", str(summary["rows"]))
+    for status, n in summary["by_status"].items():
+        t.add_row(f"  {status}", str(n))
+    for reason, n in summary["by_reason"].items():
+        t.add_row(f"    {reason}", str(n))
+    if summary.get("skipped_done"):
+        t.add_row("skipped (already in output)", str(summary["skipped_done"]))
+    if summary.get("duplicate_ids"):
+        t.add_row("skipped (duplicate id)", str(summary["duplicate_ids"]))
+    if summary.get("readmitted") or summary.get("lost"):
+        t.add_row("re-admitted / lost", f"{summary['readmitted']} / {summary['lost']}")
+    t.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")
+    t.add_row("rows/s", f"{summary['rows_per_s']:.1f}")
+    t.add_row("tokens (completion)", f"{summary['tokens']}  ({summary['tokens_per_s']:.0f}/s)")
+    t.add_row("steps", f"{summary['steps']}  ({summary['hops_per_s']:.0f}/s)")
+    t.add_row("peak in flight", f"{summary['peak_in_flight']} (max {summary['max_in_flight']})")
+    t.add_row("mode", f"{summary['schedule']} / {summary['orchestrator']}")
+    console.print(t)
+    if summary.get("agents"):
+        a = Table(title="agents", title_justify="left")
+        for col in ("agent", "replicas", "calls", "p50", "p95"):
+            a.add_column(col, justify="right" if col != "agent" else "left")
+        for name, s in summary["agents"].items():
+            a.add_row(name, str(s["replicas"]), str(s["calls"]), _ms(s["p50_s"]), _ms(s["p95_s"]))
+        console.print(a)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.1f} ms"

@@ -1,0 +1,262 @@
+"""``run(ir, opts)``: execute a workflow's IR over an input file on Ray and return the run summary.
+
+It checks the options, prepares the output (``--resume``/``--overwrite``), connects to Ray, starts the
+run's actors (store, sink on the driver's node, sim services, tool services, agent replicas spread over
+the cluster, and the coordinator in central mode), drives the rows through them, and tears everything
+down again, leaving Ray as it found it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .agent import AgentActor, AgentConfig
+from .central import Coordinator
+from .cluster import Topology, connect, this_node_id
+from .driver import Driver, DriverConfig
+from .engine import Engine
+from .ir import IRError, load_ir
+from .progress import RunProgress, count_rows, percentile, print_summary
+from .simservice import SimService
+from .sink import Sink, scan_output
+from .store import Store
+
+
+class RunError(Exception):
+    """The run cannot start: unusable input, output or configuration (the message says why)."""
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Options of ``mxc run`` (see ``mxc run --help``)."""
+
+    input: str
+    output: str
+    backend: str | None = None            # "sim": every model is simulated
+    max_in_flight: int = 256
+    schedule: str = "row"                 # "row" | "batch"
+    orchestrator: str = "p2p"             # "p2p" | "central"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    summary: str | None = None            # write the summary JSON here
+    limit: int | None = None
+    offload_threshold: int = 512          # bytes; a negative value disables offloading
+    address: str | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    progress: str = "auto"                # "auto" | "bar" | "plain" | "off"
+    print_summary: bool = True
+    coalesce: bool = True
+    window_s: float = 0.002
+    sim_actors: int = 2                   # at most this many sim service actors per model
+    measure_bytes: bool = False           # count pickled bytes per hop (costs CPU)
+    run_id: str | None = None             # names the run's actors (tests use it to find them)
+    idle_scan_s: float = 5.0
+
+
+def run(ir: dict | str | Path, opts: RunOptions) -> dict:
+    """Run the workflow over ``opts.input`` into ``opts.output``; returns the summary dict."""
+    t_start = time.time()
+    try:
+        ir = load_ir(ir)
+        engine = Engine(ir, seed=opts.seed, backend=opts.backend)
+    except (IRError, ValueError) as e:
+        raise RunError(f"unusable workflow: {e}") from e
+    _check_options(engine, opts)
+    out_path = str(Path(opts.output).resolve())
+    done_ids, cut = _prepare_output(out_path, opts)
+    total = count_rows(opts.input, opts.limit)
+    started = connect(opts.address)
+    actors: dict[str, Any] = {}
+    try:
+        topo = _topology(engine, opts)
+        actors = _launch(engine, topo, opts, out_path)
+        cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
+                           coalesce=opts.coalesce, window_s=opts.window_s,
+                           row_attempts=int(engine.limits.get("row_attempts", 3)),
+                           idle_scan_s=opts.idle_scan_s, done_ids=done_ids)
+        driver = Driver(engine, topo, opts.input, cfg)
+        with RunProgress(total, opts.progress) as prog:
+            driver.on_progress = prog.update
+            res = asyncio.run(driver.run())
+        sink_stats = ray.get(actors["sink"].close.remote())
+        stats = _collect_stats(actors)
+    finally:
+        for h in actors.values():
+            ray.kill(h)
+        if started:
+            ray.shutdown()
+    summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
+    if opts.summary:
+        Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    if opts.print_summary:
+        print_summary(summary)
+    return summary
+
+
+def _check_options(engine: Engine, opts: RunOptions) -> None:
+    if opts.schedule not in ("row", "batch"):
+        raise RunError(f"--schedule must be row or batch, got {opts.schedule!r}")
+    if opts.orchestrator not in ("p2p", "central"):
+        raise RunError(f"--orchestrator must be p2p or central, got {opts.orchestrator!r}")
+    if opts.max_in_flight < 1:
+        raise RunError("--max-in-flight must be at least 1")
+    if opts.limit is not None and opts.limit < 0:
+        raise RunError("--limit must be >= 0")
+    for name, n in opts.replicas.items():
+        if name not in engine.agents:
+            raise RunError(f"--replicas {name}={n}: no agent {name!r} (agents: {', '.join(engine.agents)})")
+        if n < 1:
+            raise RunError(f"--replicas {name}={n}: must be at least 1")
+    for name, spec in engine.agents.items():
+        if spec.kind == "llm" and engine.model_backend(spec.model) != "sim":
+            raise RunError(
+                f"agent {name!r} uses model {spec.model!r} with backend "
+                f"{engine.ir['models'][spec.model]['backend']!r}, which this runtime cannot call yet; "
+                f"run with --backend sim")
+    if opts.input != "-" and not Path(opts.input).is_file():
+        raise RunError(f"input {opts.input!r}: no such file")
+    if any(a.kind == "tool" for a in engine.agents.values()):
+        try:
+            from . import toolservice  # noqa: F401
+        except ImportError as e:
+            raise RunError(f"this workflow has tool agents but the tool service is unavailable: {e}") from e
+
+
+def _prepare_output(path: str, opts: RunOptions) -> tuple[set, int]:
+    p = Path(path)
+    if p.is_dir():
+        raise RunError(f"output {path!r} is a directory")
+    if not p.parent.is_dir():
+        raise RunError(f"output directory {str(p.parent)!r} does not exist")
+    if p.exists() and p.stat().st_size > 0 and not (opts.resume or opts.overwrite):
+        raise RunError(f"output {path!r} exists: pass --resume to skip the rows already in it, "
+                       f"or --overwrite to replace it")
+    if opts.resume and p.exists():
+        return scan_output(p)
+    return set(), 0
+
+
+def _topology(engine: Engine, opts: RunOptions) -> Topology:
+    roles = {name: int(opts.replicas.get(name, spec.replicas)) for name, spec in engine.agents.items()}
+    models = {spec.model for spec in engine.agents.values() if spec.kind == "llm"}
+    sims = {m: max(1, min(opts.sim_actors, engine.ir["models"][m]["sim"]["replicas"])) for m in sorted(models)}
+    tools = {t: max(1, int(engine.ir["tools"][t].get("replicas", 1)))
+             for t in sorted({s.tool for s in engine.agents.values() if s.kind == "tool"})}
+    prefix = f"mx-{opts.run_id or uuid.uuid4().hex[:8]}"
+    return Topology(prefix, ray.get_runtime_context().namespace, roles, sims, tools,
+                    central=opts.orchestrator == "central")
+
+
+def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str) -> dict[str, Any]:
+    """Start the run's actors and wait until every one answers."""
+    actors: dict[str, Any] = {}
+    actors["store"] = Store.options(name=topo.store, max_restarts=-1).remote()
+    mode = "append" if opts.resume else "new"
+    here = NodeAffinitySchedulingStrategy(node_id=this_node_id(), soft=False)
+    actors["sink"] = Sink.options(name=topo.sink, scheduling_strategy=here).remote(
+        out_path, mode, topo.store, topo.namespace)
+    for model, n in topo.sims.items():
+        sim = engine.ir["models"][model]["sim"]
+        share = [sim["replicas"] // n + (1 if i < sim["replicas"] % n else 0) for i in range(n)]
+        for i in range(n):
+            actors[topo.sim(model, i)] = SimService.options(
+                name=topo.sim(model, i), scheduling_strategy="SPREAD").remote(sim, share[i], topo, opts.coalesce)
+    if topo.tools:
+        from .toolservice import ToolService
+
+        for tool, n in topo.tools.items():
+            for i in range(n):
+                actors[topo.tool(tool, i)] = ToolService.options(
+                    name=topo.tool(tool, i), scheduling_strategy="SPREAD").remote()
+    cfg = AgentConfig(ir=engine.ir, topo=topo, seed=opts.seed, backend=opts.backend,
+                      offload_threshold=opts.offload_threshold, coalesce=opts.coalesce, window_s=opts.window_s,
+                      measure_bytes=opts.measure_bytes,
+                      call_retries=int(engine.limits.get("retries", 3)),
+                      call_timeout_s=float(engine.limits.get("call_timeout_s", 120.0)))
+    for role, n in topo.roles.items():
+        for i in range(n):
+            actors[topo.agent(role, i)] = AgentActor.options(
+                name=topo.agent(role, i), max_concurrency=10000, max_restarts=10,
+                scheduling_strategy="SPREAD").remote(role, i, cfg)
+    if topo.central:
+        actors["coordinator"] = Coordinator.options(name=topo.coordinator).remote(
+            topo, opts.coalesce, opts.window_s)
+    try:
+        ray.get([h.ping.remote() for h in actors.values()], timeout=120)
+    except Exception:
+        for h in actors.values():
+            ray.kill(h)
+        raise
+    return actors
+
+
+def _collect_stats(actors: dict[str, Any]) -> dict[str, Any]:
+    refs = {k: h.stats.remote() for k, h in actors.items() if k != "sink"}
+    out = {}
+    for k, ref in refs.items():
+        try:
+            out[k] = ray.get(ref, timeout=30)
+        except Exception as e:  # noqa: BLE001 - a dead actor: its stats are gone
+            out[k] = {"error": str(e)}
+    return out
+
+
+def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: dict, sink_stats: dict,
+             out_path: str, t_start: float, cut: int) -> dict:
+    elapsed = (res.last_done - res.first_admit) if res.first_admit and res.last_done else 0.0
+    elapsed = max(elapsed, 0.0)
+    per = (lambda x: x / elapsed) if elapsed > 0 else (lambda x: 0.0)
+    agents = {}
+    calls_total, batches, items, max_batch, hop_bytes, hops = 0, 0, 0, 0, 0, 0
+    for role in topo.roles:
+        lat: list[float] = []
+        calls = 0
+        for name in topo.agents(role):
+            s = stats.get(name, {})
+            lat.extend(s.get("latencies", []))
+            calls += s.get("calls", 0)
+            hop_bytes += s.get("hop_bytes", 0)
+            hops += s.get("hops", 0)
+        calls_total += calls
+        agents[role] = {"replicas": topo.roles[role], "calls": calls,
+                        "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95)}
+    for s in stats.values():
+        ob = s.get("outbox") if isinstance(s, dict) else None
+        if ob:
+            batches += ob["calls"]
+            items += ob["items"]
+            max_batch = max(max_batch, ob["max_batch"])
+    store = stats.get("store", {})
+    return {
+        "workflow": engine.workflow_name, "workflow_hash": engine.workflow_hash,
+        "output": out_path, "rows": res.rows,
+        "by_status": dict(sorted(res.by_status.items())), "by_reason": dict(sorted(res.by_reason.items())),
+        "elapsed_s": elapsed, "rows_per_s": per(res.rows),
+        "tokens": res.completion_tokens, "prompt_tokens": res.prompt_tokens,
+        "tokens_per_s": per(res.completion_tokens),
+        "steps": res.steps, "hops_per_s": per(res.steps),
+        "peak_in_flight": res.peak_in_flight, "max_in_flight": opts.max_in_flight,
+        "schedule": opts.schedule, "orchestrator": opts.orchestrator, "seed": opts.seed,
+        "backend": opts.backend, "agents": agents,
+        "skipped_done": res.skipped_done, "duplicate_ids": res.duplicate_ids, "input_rows": res.input_rows,
+        "readmitted": res.readmitted, "lost": res.lost, "actor_restarts": res.deaths, "lost_scans": res.scans,
+        "transport": {"coalesce": opts.coalesce, "calls": batches, "items": items, "max_batch": max_batch,
+                      "mean_batch": items / batches if batches else 0.0},
+        "offload": {"threshold": opts.offload_threshold, "freed": store.get("freed", 0),
+                    "still_held": store.get("refs", 0)},
+        "bytes_per_hop": hop_bytes / hops if hops else None,
+        "sink": sink_stats, "torn_bytes_cut": cut,
+        "wall_s": time.time() - t_start, "pid": os.getpid(),
+        "services": {k: v for k, v in stats.items() if ":sim:" in k},
+    }
