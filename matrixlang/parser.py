@@ -52,7 +52,7 @@ for _kw in KEYWORDS:
 
 
 _OPERATORS = {"DOT", "LSQB", "ADD_OP", "MUL_OP", "MINUS", "LESSTHAN", "MORETHAN", "IN", "NOT", "CONTAINS",
-              "MATCHES", "AND", "OR", "RANGE", "COLON"}
+              "MATCHES", "AND", "OR", "RANGE"}
 
 
 def _terminal_word(t: str) -> str:
@@ -124,6 +124,33 @@ def _hint(expected: set[str], tok: Token | None, prev: Token | None, text: str, 
     return None
 
 
+# Mistakes people make, as Lark `match_examples` snippets: an error in the same parser state, on the
+# same kind of token, gets the same hint.
+SYNTAX_EXAMPLES: dict[str, list[str]] = {
+    "settings are written `key = value`: add `=`": [
+        'model m { backend "sim" }', 'limits { max_steps 4 }', 'agent a { model m }', 'tool t { kind "python" }'],
+    "write `key = value` here; `name: type` is only for fields in `input { }`": [
+        'model m { backend: "sim" }', 'agent a { model: m }', 'limits { max_steps: 3 }', 'output { id: row.id }'],
+    "input fields are written `name: type`, e.g. `question: str`": ['input { id = str }', 'input { id str }'],
+    "no commas between settings: separate them with spaces or new lines": [
+        'model m { backend = "sim", name = "x" }', 'output { a = 1, b = 2 }'],
+    "settings take a single `=`; `==` compares in guards": ['model m { backend == "sim" }'],
+    "to compare, write `==`": ['flow { a -> b when x = 1 }', 'flow { a -> b when x.y = "z" }'],
+    "transitions are written `from -> to`": ['flow { a => b }', 'flow { a = b }', 'flow { a > b }'],
+    'give the workflow a name: `workflow NAME "description"`': ['workflow "does things"'],
+    "give the declaration a name, e.g. `agent teacher { ... }`": [
+        "agent { }", "model { }", "tool { }"],
+    'give the reason as a string: `fail "reason"`': ["flow { a -> fail no_answer }"],
+}
+
+
+def _match_example(exc: UnexpectedInput) -> str | None:
+    try:
+        return exc.match_examples(_lark().parse, SYNTAX_EXAMPLES, use_accepts=True)
+    except Exception:  # an example that parses or fails elsewhere must never break error reporting
+        return None
+
+
 _CHAR_HINTS = {
     "'": ("E004", "strings use double quotes: \"...\""),
     "&": ("E004", "write `and` instead of `&&`"),
@@ -162,7 +189,8 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
             span = Span(max(0, pos - 1), pos)
         else:
             span = Span(tok.start_pos, tok.end_pos if tok.end_pos is not None else tok.start_pos + 1)
-        hint = _hint(expected, tok, prev, text, span.start)
+        hint = _hint(expected, tok, prev, text, span.start) if prev is not None and prev.value == "if" else None
+        hint = hint or _match_example(exc) or _hint(expected, tok, prev, text, span.start)
         if "RBRACE" in expected and tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END"}:
             opening = _unclosed_brace(text, span.start, base)
             labels = [Label(Span(opening, opening + 1), "this `{` is never closed")] if opening is not None else []
