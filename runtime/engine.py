@@ -99,8 +99,9 @@ class AgentSpec:
     need: str = "all"
 
 
-class AgentView(dict):
-    """An agent's latest values as the context presents them; `text` is fetched on first read."""
+class LazyText(dict):
+    """A history entry or an agent's latest values as the context presents them: `text` (the text of
+    history entry `_entry`) is fetched on first read, so reading other keys needs no history text."""
 
     __slots__ = ("_scope", "_entry")
 
@@ -113,7 +114,8 @@ class AgentView(dict):
 
     def plain(self) -> dict:
         """A plain dict with `text` resolved."""
-        return {"text": self["text"], **self}
+        self["text"]  # noqa: B018 - resolves the lazy key
+        return dict(self)
 
 
 class Visits(dict):
@@ -160,7 +162,7 @@ class _Scope:
         elif name == "history":
             v = [{"agent": e["agent"], "text": self.text(i)} for i, e in enumerate(msg.history)]
         elif name == "last":
-            v = {"agent": msg.history[-1]["agent"], "text": self.text(-1)} if msg.history else None
+            v = self._lazy({"agent": msg.history[-1]["agent"]}, len(msg.history) - 1) if msg.history else None
         elif name in self.eng.agents:
             v = self._agent(name)
         else:
@@ -168,21 +170,22 @@ class _Scope:
         self.cache[name] = v
         return v
 
-    def _agent(self, name: str) -> AgentView:
+    def _lazy(self, d: dict, entry: int | None) -> LazyText:
+        view = LazyText(d)
+        view._scope, view._entry = self, entry
+        return view
+
+    def _agent(self, name: str) -> LazyText:
         spec = self.eng.agents[name]
-        view = AgentView.fromkeys(spec.fields)
-        view._scope = self
         vals = self.msg.values.get(name)
         if vals is None:
-            view._entry = None
-            return view
-        view._entry = vals.get("entry")
-        for k in spec.extractor.names:
-            view[k] = vals.get(k)
-        view["exit_code"] = vals.get("exit_code")
-        if view._entry is not None:
-            del view["text"]  # resolved on first read
-        return view
+            return self._lazy(dict.fromkeys(spec.fields), None)
+        d = {k: vals.get(k) for k in spec.extractor.names}
+        d["exit_code"] = vals.get("exit_code")
+        entry = vals.get("entry")
+        if entry is None:
+            d["text"] = None
+        return self._lazy(d, entry)
 
     def context(self, tmpl: Template) -> dict[str, Any]:
         known = self.eng.names
@@ -190,7 +193,7 @@ class _Scope:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, AgentView):
+    if isinstance(v, LazyText):
         return v.plain()
     if isinstance(v, Visits):
         return dict(v)

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, Undefined, meta, nodes, pass_environment
+from jinja2 import TemplateSyntaxError, Undefined, meta, nodes, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .ir import IRError
@@ -47,14 +48,14 @@ class LazyRandom:
 _CURRENT_RNG: ContextVar[LazyRandom | None] = ContextVar("matrixlang_template_rng", default=None)
 
 
-@pass_environment
-def _random_filter(env: ImmutableSandboxedEnvironment, seq: Any) -> Any:
+@pass_context
+def _random_filter(context: Context, seq: Any) -> Any:
     """`x | random`: a random item drawn from the step's seeded generator."""
     lazy = _CURRENT_RNG.get()
     rng = lazy.get() if lazy is not None else random.Random(0)
     items = seq if isinstance(seq, Sequence) else list(seq)
     if not items:
-        return env.undefined("No random item, sequence was empty.")
+        return context.environment.undefined("No random item, sequence was empty.")
     return rng.choice(items)
 
 
