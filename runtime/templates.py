@@ -76,6 +76,7 @@ def _finalize(value: Any) -> Any:
 ENV = _Env(autoescape=False, finalize=_finalize, undefined=Undefined)
 ENV.filters["random"] = _random_filter
 ENV.globals.pop("lipsum", None)
+_GLOBALS = dict(ENV.globals)
 
 
 class Template:
@@ -98,7 +99,9 @@ class Template:
         """Render with context `ctx` (at least `self.names`); raise RenderError on failure."""
         token = _CURRENT_RNG.set(rng)
         try:
-            return self._tmpl.render(ctx)
+            # what Template.render does, minus copying the jinja globals into a new dict on every call
+            tmpl = self._tmpl
+            return "".join(tmpl.root_render_func(tmpl.new_context({**_GLOBALS, **ctx}, shared=True)))
         except MissingText:
             raise
         except Exception as e:  # jinja raises many kinds: UndefinedError, SecurityError, TypeError, ...
