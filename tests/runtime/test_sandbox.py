@@ -199,6 +199,43 @@ def test_background_processes_die_with_the_snippet() -> None:
     assert wait_no_processes(uid) == []
 
 
+def sandbox_uids() -> set[int]:
+    """Per-run sandbox uids that have running processes."""
+    uids = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status") as fh:
+                    uid = int(next(ln for ln in fh if ln.startswith("Uid:")).split()[1])
+            except (OSError, StopIteration):
+                continue
+            if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN:
+                uids.add(uid)
+    return uids
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="finding a run's processes needs its per-run uid (root)")
+def test_the_jail_dies_with_its_caller() -> None:
+    """SIGKILL the process that called run_python: the snippet and its children die too."""
+    before = sandbox_uids()
+    caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        from matrixlang.runtime.sandbox import run_python
+        run_python("import os, time\\nos.fork()\\ntime.sleep(60)", {"timeout_s": 120})
+    """)])
+    try:
+        jailed: set[int] = set()
+        for _ in range(400):
+            jailed = sandbox_uids() - before
+            if jailed and len(uid_processes(next(iter(jailed)))) == 2:
+                break
+            time.sleep(0.05)
+        assert len(jailed) == 1 and len(uid_processes(next(iter(jailed)))) == 2
+    finally:
+        caller.kill()
+        caller.wait()
+    assert wait_no_processes(next(iter(jailed))) == []
+
+
 @pytest.fixture()
 def secret_files(tmp_path_factory) -> Iterator[tuple[str, list[Path]]]:
     """A secret in root-only files: one under a tmp dir, one under the home directory."""
