@@ -3,7 +3,7 @@
 A compiled expression is `fn(scope) -> value`, where `scope.var(name)` returns a context name
 (`row`, `history`, `last`, `turns`, `visits` or an agent). Null semantics: `==`/`!=` compare normally;
 `< <= > >= in not_in contains matches` with a null operand are false; arithmetic and functions with a
-null operand give null. Values that cannot be combined (a string with a number, ...) raise ExprError,
+null operand give null; slicing null gives null, and a null slice bound is an omitted one (Python). Values that cannot be combined (a string with a number, ...) raise ExprError,
 which the engine turns into the row failure `guard_error`. Booleans are not numbers here (JSON semantics).
 """
 
@@ -263,6 +263,8 @@ def compile_expr(node: Any, names: Collection[str] | None = None) -> Compiled:
         if op == "index":
             obj, index = compile_expr(node["obj"], names), compile_expr(node["index"], names)
             return lambda s: get_index(obj(s), index(s))
+        if op == "slice":
+            return _compile_slice(node, names)
         if op == "not":
             arg = compile_expr(node["arg"], names)
             return lambda s: not arg(s)
@@ -285,6 +287,28 @@ def compile_expr(node: Any, names: Collection[str] | None = None) -> Compiled:
     except KeyError as e:
         raise IRError(f"expression node {op!r} lacks key {e.args[0]!r}") from None
     raise IRError(f"unknown expression op {op!r}")
+
+
+def _compile_slice(node: dict, names: Collection[str] | None) -> Compiled:
+    obj = compile_expr(node["obj"], names)
+    lo = None if node.get("lo") is None else compile_expr(node["lo"], names)
+    hi = None if node.get("hi") is None else compile_expr(node["hi"], names)
+
+    def bound(fn: Compiled | None, s: Scope) -> int | None:
+        v = None if fn is None else fn(s)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ExprError(f"slice bounds must be integers, got {type_name(v)}")
+        return v
+
+    def slice_(s: Scope) -> Any:
+        v = obj(s)
+        if v is None:
+            return None
+        if not isinstance(v, (str, list)):
+            raise ExprError(f"cannot slice {type_name(v)}")
+        return v[bound(lo, s):bound(hi, s)]
+
+    return slice_
 
 
 def _compile_neg(arg: Compiled) -> Compiled:

@@ -31,6 +31,11 @@ CTX = DictScope(
 )
 N = lit(None)
 
+
+def sl(obj: dict, lo: dict | None, hi: dict | None) -> dict:
+    return {"op": "slice", "obj": obj, "lo": lo, "hi": hi}
+
+
 EVAL_TABLE = [
     # literals, lists, names
     (lit(7), 7),
@@ -54,6 +59,13 @@ EVAL_TABLE = [
     (index(var("row"), lit("nope")), None),
     (index(dot("row.opt"), lit(0)), None),
     (index(dot("row.tags"), N), None),
+    # slice: Python semantics; null object → null; a null bound is an omitted one
+    (sl(dot("row.s"), None, lit(5)), "Hello"),
+    (sl(dot("row.s"), lit(-5), None), "World"),
+    (sl(dot("row.tags"), lit(1), None), ["b"]),
+    (sl(dot("row.tags"), lit(5), lit(9)), []),
+    (sl(dot("row.opt"), None, lit(2)), None),
+    (sl(dot("row.s"), dot("row.opt"), lit(2)), "He"),
     # equality: null compares normally, booleans are not numbers
     (bin("==", N, N), True),
     (bin("!=", N, lit("Yes")), True),
@@ -148,6 +160,8 @@ def test_eval_table(node: dict, expected: Any) -> None:
 
 
 ERROR_TABLE = [
+    (sl(var("turns"), None, lit(1)), "cannot slice integer"),
+    (sl(dot("row.s"), lit("a"), None), "slice bounds must be integers, got string"),
     (bin("<", lit("a"), lit(1)), "cannot compare string with integer using <"),
     (bin(">=", lit(True), lit(1)), "cannot compare boolean with integer"),
     (bin("<", dot("row.tags"), lit(1)), "cannot compare array with integer"),
