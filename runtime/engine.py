@@ -6,6 +6,15 @@ tool) → `engine.apply_reply(msg, reply, texts, now)`. `texts[i]` is the text o
 the caller resolved it (offloaded entries); inline entries are read directly. `history_need(state)`
 says which texts a step can read, so the caller fetches only those; a needed text that is neither
 supplied nor inline raises MissingText (a caller bug, never a row failure).
+
+Semantics fixed here (docs/ir.md leaves them open):
+- `seed_key = f"{seed}:{row id}:{steps done}"`. Under the simulator, `random.Random(seed_key)` first draws
+  `sim_tokens` from the model's `sim.tokens` (clipped to the agent's `max_tokens`), then feeds the `sim`
+  template's `random` filter; system/prompt/input templates draw from `Random(f"{seed_key}:{role}")`.
+- `max_steps` and `row_timeout` are checked after a step, only when the chosen transition leads to an
+  agent: a row that reaches `end` or `fail` keeps that outcome.
+- A finished message has `state` "end" (status ok) or "fail" (failed/error).
+- A tool agent without an `input` template receives "".
 """
 
 from __future__ import annotations

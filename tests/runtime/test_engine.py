@@ -583,3 +583,23 @@ def test_compiled_coral_bad_rows() -> None:
         (8, "failed", "bad_input", "row is not valid JSON"),
         (9, "failed", "bad_input", "field 'id'"),
     ]
+
+
+def test_messages_conform_to_the_compiled_message_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    for name, row, script in [("coral", CORAL_ROW, CORAL_SCRIPTS[0]),
+                              ("coder", {"id": "c1", "task": "inc", "tests": "assert f(1) == 2"}, CODER_SCRIPT)]:
+        ir = compiled(name)
+        validator = jsonschema.Draft202012Validator(ir["message_schema"])
+        eng = Engine(ir)
+        msg = eng.new_message(row, 0, 5.0)
+        validator.validate(msg.to_dict())
+        texts: list[str] = []
+        for agent, reply in script:
+            assert msg.state == agent
+            eng.prepare_call(msg, texts)
+            eng.apply_reply(msg, reply if isinstance(reply, Reply) else Reply(reply, 1, 1), texts, 6.0)
+            validator.validate(msg.to_dict())
+            texts += offload(msg)
+            validator.validate(msg.to_dict())
+        assert msg.status == "ok"
