@@ -305,17 +305,20 @@ class Engine:
         return NEEDS[level]
 
     def new_message(self, raw: str | bytes | dict, position: int, now: float) -> Message:
-        """Admit one input row: parse, validate, then take the `start` transitions."""
+        """Admit one input row: parse, validate, then take the `start` transitions.
+
+        A bad row is finished at once (failed, bad_input); its `row` keeps the valid fields and has the
+        invalid ones set to null, and its id is the position when the id field itself is invalid."""
         msg = Message(id=position, row={}, state="start", position=position,
                       timing={"admitted": now, "finished": None})
         try:
-            row = self._rows.parse(raw)
-            msg.row = row
-            msg.id = self._rows.row_id(row, position)
-            self._rows.validate(row)
+            msg.row = self._rows.parse(raw)
+            self._rows.validate(msg.row)      # on failure: invalid fields set to null, then raises
         except BadRow as e:
+            msg.id = self._rows.row_id(msg.row, position)
             self._finish(msg, FAILED, "bad_input", str(e), now)
             return msg
+        msg.id = self._rows.row_id(msg.row, position)
         self._advance(msg, "start", self.start, (), now)
         return msg
 

@@ -111,14 +111,25 @@ class RowValidator:
         return dict(raw)
 
     def validate(self, row: dict) -> dict:
-        """Check every declared field (in schema order) in place; raise BadRow naming the first bad one."""
+        """Check every declared field (in schema order) in place and set absent optionals to None.
+
+        On failure every invalid field is set to None (so no output carries a value that breaks the
+        schema) and BadRow names the first one.
+        """
+        error: BadRow | None = None
         for name, check in self._fields:
             if name not in row:
-                if name in self._required:
-                    raise BadRow(f"field '{name}': missing")
                 row[name] = None
+                if name in self._required and error is None:
+                    error = BadRow(f"field '{name}': missing")
                 continue
-            row[name] = check(row[name], f"'{name}'")
+            try:
+                row[name] = check(row[name], f"'{name}'")
+            except BadRow as e:
+                row[name] = None
+                error = error or e
+        if error is not None:
+            raise error
         return row
 
     def row_id(self, row: dict | None, position: int) -> str | int:

@@ -576,7 +576,7 @@ def test_compiled_coral_bad_rows() -> None:
         ("bad-choices-not-list", "failed", "bad_input", "field 'choices'"),
         ("bad-choices-item-type", "failed", "bad_input", "field 'choices[0]'"),
         ("bad-answer-type", "failed", "bad_input", "field 'answer'"),
-        (17, "failed", "bad_input", "field 'id'"),
+        (4, "failed", "bad_input", "field 'id'"),       # an invalid id: the position
         ("bad-question-null", "failed", "bad_input", "field 'question'"),
         (6, "failed", "bad_input", "row is not valid JSON"),
         (7, "failed", "bad_input", "row must be a JSON object, got array"),

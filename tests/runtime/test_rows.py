@@ -52,6 +52,14 @@ def test_good_row_normalised() -> None:
     assert "o" not in raw  # a dict row is copied, not modified
 
 
+def test_bad_row_keeps_valid_fields_and_nulls_every_invalid_one() -> None:
+    v = RowValidator(typed_input()["input_schema"])
+    row = v.parse({**GOOD, "s": 3, "ls": ["a", 1], "extra": 1})
+    with pytest.raises(BadRow, match="^field 's': expected str, got integer$"):
+        v.validate(row)
+    assert row == {**GOOD, "s": None, "ls": None, "extra": 1, "o": None, "ol": None}
+
+
 @pytest.mark.parametrize(("raw", "position", "expected"), [
     ({"id": "q-1"}, 3, "q-1"), ({"id": 17}, 3, 17), ({"id": None}, 3, 3), ({"id": True}, 3, 3),
     ({"id": [1]}, 3, 3), ({}, 9, 9),
@@ -69,7 +77,7 @@ def test_row_id_is_position_without_id_field() -> None:
 
 @pytest.mark.parametrize(("raw", "detail", "msg_id"), [
     ('{"id": "q1", "question": "Q", "choices": "A,B"}', "field 'choices': expected list[str], got string", "q1"),
-    ('{"id": 12, "question": "Q", "choices": []}', "field 'id': expected str, got integer", 12),
+    ('{"id": 12, "question": "Q", "choices": []}', "field 'id': expected str, got integer", 6),
     ('{"id": {"x": 1}, "question": "Q"}', "field 'id': expected str, got object", 6),
     ('{"id": "q2", "question": "Q"}', "field 'choices': missing", "q2"),
     ("oops", "row is not valid JSON", 6),
@@ -85,3 +93,4 @@ def test_engine_bad_input_messages(raw: str, detail: str, msg_id: Any) -> None:
     assert out["_meta"]["reason"] == "bad_input"
     assert out["_meta"]["timing"] == {"admitted": 50.0, "finished": 50.0, "elapsed_s": 0.0}
     assert out["answer"] is None and out["transcript"] == []
+    assert out["id"] == (msg_id if isinstance(msg_id, str) else None)   # row.id: null when invalid or absent
