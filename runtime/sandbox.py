@@ -25,6 +25,7 @@ If this machine cannot enforce that (no bwrap, no namespaces), `check_support` s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -38,6 +39,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from . import seccomp
 
 MAX_PROCESSES = 64  # RLIMIT_NPROC: tasks (processes and threads) the snippet may have at once
 MAX_OPEN_FILES = 1024  # RLIMIT_NOFILE
@@ -170,7 +173,7 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _bwrap_argv(lim: Limits, uid: int | None, code_fd: int) -> list[str]:
+def _bwrap_argv(lim: Limits, uid: int | None, code_fd: int, seccomp_fd: int) -> list[str]:
     """The full command: bwrap jail → (setpriv to `uid` when root) → prlimit → python."""
     exe, ro_dirs = _interpreter()
     argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
@@ -199,7 +202,7 @@ def _bwrap_argv(lim: Limits, uid: int | None, code_fd: int) -> list[str]:
              "--size", str(lim.memory_bytes), "--perms", "1777", "--tmpfs", WORKDIR,
              "--perms", "0444", "--file", str(code_fd), SCRIPT,
              "--symlink", WORKDIR, "/tmp",
-             "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+             "--remount-ro", "/", "--chdir", WORKDIR, "--seccomp", str(seccomp_fd), "--clearenv"]
     for key, value in _ENV.items():
         argv += ["--setenv", key, value]
     argv.append("--")
@@ -285,18 +288,36 @@ def _collect(proc: subprocess.Popen, deadline: float, bound: int) -> tuple[bytes
     return bytes(bufs[0]), bytes(bufs[1]), truncated, None
 
 
-def _spawn(lim: Limits, code: str, uid: int | None) -> subprocess.Popen:
-    fd = os.memfd_create("matrixlang-snippet", os.MFD_CLOEXEC)
+def _data_fd(name: str, data: bytes) -> int:
+    """A memory file holding `data`, positioned at its start (bwrap reads it to the end)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        os.write(fd, code.encode("utf-8", "surrogateescape"))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _spawn(lim: Limits, code: str, uid: int | None) -> subprocess.Popen:
+    code_fd = _data_fd("matrixlang-snippet", code.encode("utf-8", "surrogateescape"))
+    try:
+        filter_fd = _data_fd("matrixlang-seccomp", seccomp.program())
+    except BaseException:
+        os.close(code_fd)
+        raise
+    try:
         return subprocess.Popen(
-            _bwrap_argv(lim, uid, fd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={}, cwd="/", close_fds=True, pass_fds=(fd,),
+            _bwrap_argv(lim, uid, code_fd, filter_fd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env={}, cwd="/", close_fds=True, pass_fds=(code_fd, filter_fd),
             start_new_session=True,
         )
     finally:
-        os.close(fd)
+        os.close(code_fd)
+        os.close(filter_fd)
 
 
 def _execute(lim: Limits, code: str) -> SandboxResult:
@@ -356,14 +377,17 @@ def run_python(code: str, spec: dict[str, Any]) -> SandboxResult:
 # ---------------------------------------------------------------------------------------------
 
 _PROBE = r"""
-import json, os, socket
+import ctypes, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+userns = libc.unshare(0x10000000)
 status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
 limits = {l[:26].strip(): l[26:].split() for l in open("/proc/self/limits").read().splitlines()[1:]}
 print(json.dumps({
     "uid": os.getuid(), "cap_eff": int(status["CapEff"].strip(), 16),
     "no_new_privs": status["NoNewPrivs"].strip(), "ifaces": [n for _, n in socket.if_nameindex()],
     "nproc": limits["Max processes"][0], "core": limits["Max core file size"][0],
-    "root": sorted(os.listdir("/")), "cwd": os.getcwd(), "env": sorted(os.environ),
+    "root": sorted(os.listdir("/")), "seccomp": status["Seccomp"].strip(),
+    "userns": [userns, ctypes.get_errno()], "cwd": os.getcwd(), "env": sorted(os.environ),
 }))
 """
 _support_lock = threading.Lock()
@@ -371,6 +395,10 @@ _support_cache: dict[tuple[bool, bool], str | None] = {}
 
 
 def _probe(network: bool) -> str | None:
+    try:
+        seccomp.program()
+    except ValueError as exc:
+        return str(exc)
     for tool in ("bwrap", "prlimit") + (("setpriv",) if _privileged() else ()):
         if shutil.which(tool) is None:
             pkg = "bubblewrap" if tool == "bwrap" else "util-linux"
@@ -393,6 +421,8 @@ def _probe(network: bool) -> str | None:
         problems.append("the snippet keeps capabilities")
     if got["no_new_privs"] != "1":
         problems.append("no_new_privs is not set")
+    if got["seccomp"] != "2" or got["userns"] != [-1, errno.EPERM]:
+        problems.append(f"the seccomp filter is not in force (unshare gave {got['userns']})")
     if got["nproc"] != str(MAX_PROCESSES) or got["core"] != "0":
         problems.append("rlimits are not applied")
     if not network and set(got["ifaces"]) - {"lo"}:

@@ -31,6 +31,7 @@ from matrixlang.runtime.sandbox import (
 SPEC = {"kind": "python", "timeout_s": 10.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 65536, "replicas": 1, "max_concurrency": 4}
 IS_ROOT = os.geteuid() == 0
+SYSTEM_PYTHON = "/usr/bin/python3.11"  # a python that another user (nobody) can run, for the controls
 
 
 def spec(**over) -> dict:
@@ -348,6 +349,47 @@ def test_environment_is_scrubbed(monkeypatch) -> None:
                                                           "LOGNAME", "PWD", "LC_CTYPE"}
 
 
+KERNEL_ESCAPES = textwrap.dedent("""
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    def attempt(name, rc):
+        print(name, "ok" if rc == 0 else os.strerror(ctypes.get_errno()))
+    # a user namespace (root inside it) then a tmpfs outside every size limit
+    attempt("unshare", libc.unshare(0x10000000 | 0x00020000))
+    attempt("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+    for what, call in (("memfd", lambda: os.memfd_create("m")), ("fork", os.fork)):
+        try:
+            pid = call()
+            if what == "fork" and pid == 0:
+                os._exit(0)
+            print(what, "ok")
+        except OSError as e:
+            print(what, e.strerror)
+    attempt("shmget", -1 if libc.shmget(0, 1 << 20, 0o1600) < 0 else 0)
+    attempt("ptrace", libc.ptrace(16, 1, None, None))  # PTRACE_ATTACH to the jail's init
+""")
+
+
+def test_kernel_features_behind_the_jail_are_denied() -> None:
+    res = run_python(KERNEL_ESCAPES, SPEC)
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "unshare Operation not permitted", "mount Operation not permitted", "memfd Operation not permitted",
+        "fork ok", "shmget Operation not permitted", "ptrace Operation not permitted"]
+
+
+@pytest.mark.skipif(not IS_ROOT or not os.path.exists(SYSTEM_PYTHON),
+                    reason="the control runs the attempts as another unprivileged user")
+def test_control_the_same_attempts_work_for_a_plain_unprivileged_process() -> None:
+    """Outside the jail, an ordinary unprivileged user can do what the sandbox denies."""
+    proc = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", KERNEL_ESCAPES], user=65534, group=65534,
+                          extra_groups=[], env={}, cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "unshare ok" and lines[1] == "mount ok" and lines[2] == "memfd ok"
+    assert lines[4] == "shmget ok"
+
+
 @pytest.fixture()
 def tcp_server() -> Iterator[int]:
     """A real TCP server on 127.0.0.1 that greets every client."""
@@ -462,19 +504,16 @@ def test_refuses_when_the_jail_is_missing(tmp_path) -> None:
     assert issubclass(SandboxUnsupported, RuntimeError)
 
 
-SYSTEM_PYTHON = "/usr/bin/python3.11"
-
-
 @pytest.mark.skipif(not IS_ROOT or not os.path.exists(SYSTEM_PYTHON),
                     reason="needs root to start a process as nobody, and a system python it can run")
 def test_unprivileged_caller_gets_the_same_containment(tcp_server) -> None:
     """As a normal user (here: nobody) the jail uses a user namespace; the same attempts fail."""
     driver = textwrap.dedent(f"""
-        import importlib.util, json, sys
-        spec = importlib.util.spec_from_file_location("sbx", {str(Path(sandbox.__file__).resolve())!r})
-        sbx = importlib.util.module_from_spec(spec)
-        sys.modules["sbx"] = sbx
-        spec.loader.exec_module(sbx)
+        import importlib, json, sys, types
+        pkg = types.ModuleType("mxrt")  # the runtime directory as a bare package (no Ray needed)
+        pkg.__path__ = [{str(Path(sandbox.__file__).resolve().parent)!r}]
+        sys.modules["mxrt"] = pkg
+        sbx = importlib.import_module("mxrt.sandbox")
         code = sys.stdin.read()
         print(json.dumps({{"support": sbx.check_support({{}}),
                           "res": sbx.run_python(code, {{"timeout_s": 5}}).to_dict()}}))
