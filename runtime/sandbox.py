@@ -46,7 +46,10 @@ MAX_PROCESSES = 64  # RLIMIT_NPROC: tasks (processes and threads) the snippet ma
 MAX_OPEN_FILES = 1024  # RLIMIT_NOFILE
 OUTPUT_KILL_FACTOR = 16  # a snippet that writes more than this × max_output_bytes is killed
 OUTPUT_KILL_MIN_BYTES = 1 << 20  # ... but never before 1 MiB
-UID_BASE = 1_600_000_000  # per-run uids (as root) are drawn from [UID_BASE, UID_BASE + UID_SPAN)
+# Per-run uids (as root) are drawn at random from [UID_BASE, UID_BASE + UID_SPAN): above the ranges
+# distributions and systemd give to users and containers, below 2**31. Two jails that drew the same
+# uid would only share RLIMIT_NPROC: their PID, mount and IPC namespaces keep them apart.
+UID_BASE = 0x78000000
 UID_SPAN = 1 << 24
 WORKDIR = "/work"
 SCRIPT = f"{WORKDIR}/main.py"
@@ -130,11 +133,11 @@ class Limits:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Limits:
-        """Validate `spec` (missing keys take the IR defaults); ValueError on bad values."""
+        """Validate `spec` (missing or null keys take the IR defaults); ValueError on bad values."""
         kind = spec.get("kind", "python")
         if kind != "python":
             raise ValueError(f"tool kind {kind!r} is not a python sandbox")
-        merged = {**DEFAULTS, **{k: v for k, v in spec.items() if k in DEFAULTS}}
+        merged = {**DEFAULTS, **{k: v for k, v in spec.items() if k in DEFAULTS and v is not None}}
         lim = cls(
             timeout_s=float(merged["timeout_s"]),
             memory_bytes=int(merged["memory_bytes"]),
@@ -234,26 +237,6 @@ def _release_uid(uid: int) -> None:
         _uids_in_use.discard(uid)
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is `uid` (a per-run uid: only that run's processes)."""
-    for _ in range(50):
-        found = False
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/status", "rb") as fh:
-                    line = next(ln for ln in fh if ln.startswith(b"Uid:"))
-                if int(line.split()[1]) == uid:
-                    found = True
-                    os.kill(int(name), signal.SIGKILL)
-            except (OSError, StopIteration, ValueError, IndexError):
-                continue
-        if not found:
-            return
-        time.sleep(0.01)
-
-
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +286,7 @@ def _data_fd(name: str, data: bytes) -> int:
 
 
 def _spawn(lim: Limits, code: str, uid: int | None) -> subprocess.Popen:
-    code_fd = _data_fd("matrixlang-snippet", code.encode("utf-8", "surrogateescape"))
+    code_fd = _data_fd("matrixlang-snippet", code.encode("utf-8", "replace"))
     try:
         filter_fd = _data_fd("matrixlang-seccomp", seccomp.program())
     except BaseException:
@@ -337,8 +320,6 @@ def _execute(lim: Limits, code: str) -> SandboxResult:
             if reason is not None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the jail; its PID namespace dies with it
                 proc.wait()
-                if uid is not None:
-                    _kill_uid(uid)
         finally:
             proc.stdout.close()
             proc.stderr.close()
@@ -391,7 +372,8 @@ print(json.dumps({
 }))
 """
 _support_lock = threading.Lock()
-_support_cache: dict[tuple[bool, bool], str | None] = {}
+_support_cache: dict[tuple[bool, bool], tuple[str | None, float]] = {}
+RETRY_PROBE_S = 30.0  # a failed probe is repeated after this long; a passed one is kept
 
 
 def _probe(network: bool) -> str | None:
@@ -437,9 +419,11 @@ def _probe(network: bool) -> str | None:
 def _support(network: bool) -> str | None:
     key = (_privileged(), network)
     with _support_lock:
-        if key not in _support_cache:
-            _support_cache[key] = _probe(network)
-        return _support_cache[key]
+        reason, when = _support_cache.get(key, ("not probed", -math.inf))
+        if reason is not None and time.monotonic() - when > RETRY_PROBE_S:
+            reason = _probe(network)
+            _support_cache[key] = (reason, time.monotonic())
+        return reason
 
 
 def check_support(spec: dict[str, Any]) -> str | None:
