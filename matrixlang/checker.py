@@ -54,7 +54,7 @@ def check(source: Source) -> Analysis:
     for name, a in sym.agents.items():
         an.agents[name] = _agent(an, a)
     scope = Scope(row, {name: _agent_type(name, a) for name, a in an.agents.items()},
-                  on_read=lambda agent, fld: an.reads.add((agent, fld)))
+                  on_read=lambda agent, fld: an.reads.add((agent, fld)), broken=frozenset(sym.broken))
     for name, a in sym.agents.items():
         for key in ("system", "prompt", "input", "sim"):
             s = next((s for s in a.settings if s.key.value == key), None)
@@ -93,6 +93,8 @@ def _type(an: Analysis, t: n.TypeRef) -> Ty:
 
 
 def _input(an: Analysis) -> Ty:
+    if an.symbols.input is None:
+        return ANY  # missing or unparsable (already reported): its fields are unknown, not absent
     fields: dict[str, Ty] = {}
     if an.symbols.input:
         for f in an.symbols.input.fields:
@@ -126,7 +128,7 @@ def _settings(an: Analysis, settings: list[n.Setting], keys: dict[str, cat.Key],
     if keys is cat.MODEL:
         _model_checks(an, out, first, where, decl)
     if keys is cat.TOOL:
-        _enum(an, out, first, "kind", cat.TOOL_KINDS, where, decl, "tool")
+        _enum(an, out, first, "kind", cat.TOOL_KINDS, where, decl, "tool kind")
     return out
 
 
@@ -137,7 +139,7 @@ def _enum(an: Analysis, out: dict, first: dict, key: str, allowed: tuple, where:
         an.diags.error("E016", f"{where} has no `{key}`", name_span,
                        f"add `{key} = \"{allowed[0]}\"` ({what}s: {', '.join(allowed)})")
     elif key in out and out[key] not in allowed:
-        an.diags.error("E028", f"unknown {what} `{out[key]}`", first[key].value.span,
+        an.diags.error("E028", f"unknown {what} \"{out[key]}\"", first[key].value.span,
                        did_you_mean(out[key], allowed) or f"{what}s are {one_of(allowed)}")
         del out[key]
 
@@ -229,6 +231,7 @@ def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
                 'write `regex(r"pattern")` (first capture group) or `json("key.path")`'
             an.diags.error("E026", f"extract `{name}` must be `regex(...)` or `json(...)` with one string",
                            v.span, hint)
+            out.append({"name": name, "kind": "invalid", "span": e.name.span, "ok": False})
             continue
         arg = v.args[0]
         if v.fn.value == "regex":
@@ -238,6 +241,7 @@ def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
             path = [p for p in arg.value.split(".")]
             if not arg.value or any(not p for p in path):
                 an.diags.error("E026", f"bad JSON path `{arg.value}`", arg.span, 'use dotted keys, e.g. `json("scores.clarity")`')
+                out.append({"name": name, "kind": "invalid", "span": e.name.span, "ok": False})
                 continue
             out.append({"name": name, "kind": "json", "path": path, "span": e.name.span, "ok": True})
     return out
@@ -275,9 +279,11 @@ def _output(an: Analysis, tc: TypeChecker) -> None:
 
 def _unused(an: Analysis) -> None:
     sym = an.symbols
+    if sym.broken:
+        return  # a declaration that did not parse may be the one that reads or uses them
     for name, a in an.agents.items():
         for e in a["extracts"]:
-            if (name, e["name"]) not in an.reads:
+            if e["ok"] and (name, e["name"]) not in an.reads:
                 an.diags.warning("W001", f"extract `{name}.{e['name']}` is never read", e["span"],
                                  "read it in a guard, a template or the output, or remove it")
     used = {a.get("model") for a in an.agents.values()} | {a.get("tool") for a in an.agents.values()}

@@ -27,6 +27,9 @@ def build(sym: Symbols) -> nx.MultiDiGraph:
         return g
     for i, t in enumerate(sym.flow.transitions):
         src, dst = state_key(t.source), state_key(t.target)
+        for ref, key in ((t.source, src), (t.target, dst)):
+            if ref.kind == "agent" and key not in g and key in sym.broken:
+                g.add_node(key, kind="agent", broken=True)  # declared but unparsable: keep its edges
         if src not in g or (dst not in g and t.target.kind == "agent"):
             continue
         if t.target.kind in ("end", "fail"):

@@ -119,8 +119,6 @@ def _hint(expected: set[str], tok: Token | None, prev: Token | None, text: str, 
         return "a block is missing its closing `}`"
     if "ARROW" in expected:
         return "each transition is `from -> to`, optionally followed by `when EXPR`"
-    if prev_val in ("fail",) and tok is not None and tok.type != "STRING":
-        return 'give the reason as a string: `fail "reason"`'
     return None
 
 
@@ -140,15 +138,35 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
     'give the workflow a name: `workflow NAME "description"`': ['workflow "does things"'],
     "give the declaration a name, e.g. `agent teacher { ... }`": [
         "agent { }", "model { }", "tool { }"],
-    'give the reason as a string: `fail "reason"`': ["flow { a -> fail no_answer }"],
 }
 
 
+@lru_cache(maxsize=1)
+def _example_errors() -> list[tuple[int, frozenset, str, str]]:
+    """(LALR state, accepted terminals, token type, label) of each example's error."""
+    out = []
+    for label, examples in SYNTAX_EXAMPLES.items():
+        for text in examples:
+            try:
+                _lark().parse(text)
+            except UnexpectedToken as ut:
+                out.append((ut.state.position, frozenset(ut.accepts or ()), ut.token.type, label))
+            except UnexpectedInput:
+                continue
+    return out
+
+
 def _match_example(exc: UnexpectedInput) -> str | None:
-    try:
-        return exc.match_examples(_lark().parse, SYNTAX_EXAMPLES, use_accepts=True)
-    except Exception:  # an example that parses or fails elsewhere must never break error reporting
+    """The label of an example that fails in the same LALR state on the same kind of token.
+
+    Lark's own `match_examples` compares whole parser states, which include the stack depth, so an
+    example would match only when as many items precede the error as in the example (and any token
+    in the same state would do); the state number and the token type are what identify a mistake.
+    """
+    if not isinstance(exc, UnexpectedToken) or exc.state is None:
         return None
+    key = (exc.state.position, frozenset(exc.accepts or ()), exc.token.type)
+    return next((label for *k, label in _example_errors() if tuple(k) == key), None)
 
 
 _CHAR_HINTS = {
@@ -168,6 +186,12 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
     if isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream
         ch = text[pos] if pos < len(text) else ""
+        if ch == '"' and text[max(0, pos - 2):pos] == '""':
+            # `"""...` never closed: the lexer took the first two quotes for an empty string.
+            start = pos - 3 if text[max(0, pos - 3):pos - 2] == "r" else pos - 2
+            diags.error("E002", 'unterminated `"""` string', Span(start, pos + 1),
+                        'close the text with `"""`')
+            return
         if ch == '"' or text.startswith('r"', pos):
             diags.error("E002", "unterminated string", Span(pos, pos + 1),
                         'close the string with `"` on the same line, or use `"""` for text over several lines')
@@ -182,15 +206,27 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
         return
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
-        expected = set(exc.expected or exc.accepts or ())
+        expected = set(exc.accepts or exc.expected or ())
         prev = exc.token_history[-1] if getattr(exc, "token_history", None) else None
         if tok.type == "$END":
             pos = len(text.rstrip())
             span = Span(max(0, pos - 1), pos)
         else:
             span = Span(tok.start_pos, tok.end_pos if tok.end_pos is not None else tok.start_pos + 1)
-        hint = _hint(expected, tok, prev, text, span.start) if prev is not None and prev.value == "if" else None
-        hint = hint or _match_example(exc) or _hint(expected, tok, prev, text, span.start)
+        if prev is not None and prev.type == "NAME" and "ARROW" in expected and prev.start_pos is not None:
+            # `a -> b if x` and `a -> fail reason`: the mistake is the name before the reported token.
+            before = text[: prev.start_pos].rstrip()
+            if prev.value == "if":
+                diags.error("E001", "unexpected `if` after a transition", _span(prev),
+                            "guards are written `when EXPR`, e.g. `a -> b when turns > 3`")
+                return
+            if re.search(r"(?<![\w.])fail$", before):
+                diags.error("E001", f"the reason after `fail` must be a string, not the name `{prev.value}`",
+                            _span(prev), f'write `fail "{prev.value}"`')
+                return
+        hint = _match_example(exc) or _hint(expected, tok, prev, text, span.start)
+        if hint is None and tok.type == "RBRACE" and not expected & {"RBRACE", "COMMA", "RPAR", "RSQB"}:
+            hint = "this `}` closes no block: remove it, or check the braces above"
         if "RBRACE" in expected and tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END"}:
             opening = _unclosed_brace(text, span.start, base)
             labels = [Label(Span(opening, opening + 1), "this `{` is never closed")] if opening is not None else []

@@ -52,6 +52,7 @@ def resolve(program: n.Program, diags: Diagnostics) -> Symbols:
         table = {n.Model: sym.models, n.Tool: sym.tools, n.Agent: sym.agents}[type(d)]
         kind = type(d).__name__.lower()
         if not check_name(d.name, kind, diags):
+            sym.broken.add(d.name.value)  # its uses would only repeat the error
             continue
         name = d.name.value
         if name in first_of_name:
@@ -59,6 +60,7 @@ def resolve(program: n.Program, diags: Diagnostics) -> Symbols:
             diags.error("E013", f"the name `{name}` is declared twice", d.name.span,
                         "models, tools and agents share one namespace: rename one of them",
                         [Label(prev.span, "first declared here")])
+            sym.broken.add(name)
             continue
         first_of_name[name] = d.name
         table[name] = d
@@ -85,7 +87,8 @@ def resolve(program: n.Program, diags: Diagnostics) -> Symbols:
 
 def check_name(name: n.Name, kind: str, diags: Diagnostics) -> bool:
     if name.is_keyword or name.value in KEYWORDS:
-        diags.error("E005", f"`{name.value}` is a keyword and cannot name a {kind}", name.span,
+        article = "an" if kind[0] in "aeiou" else "a"
+        diags.error("E005", f"`{name.value}` is a keyword and cannot name {article} {kind}", name.span,
                     f"choose another name, e.g. `{name.value}_{kind.split()[0]}`")
         return False
     if kind == "agent" and name.value in RESERVED:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import TemplateError, TemplateSyntaxError, meta
 from jinja2 import nodes as jn
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -27,8 +27,9 @@ def environment() -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
 
 
-def _locate(lit: n.Literal, lineno: int | None, needle: str | None) -> Span:
-    """The source span of `needle` on the template's line `lineno` (or of the whole line)."""
+def _locate(lit: n.Literal, lineno: int | None, needle: str | None, last: bool = False) -> Span:
+    """The source span of `needle` (its first, or `last`, occurrence) on the template's line `lineno`
+    (or of the whole line)."""
     text: str = lit.value
     offs = lit.offsets or []
     if not offs:
@@ -38,7 +39,9 @@ def _locate(lit: n.Literal, lineno: int | None, needle: str | None) -> Span:
     line_start = sum(len(x) + 1 for x in lines[: lineno - 1])
     line = lines[lineno - 1]
     i = -1
-    if needle:
+    if needle and last:
+        i = line.rfind(needle)
+    elif needle:
         m = re.search(r"(?<![\w.])" + re.escape(needle) + r"(?!\w)", line)
         i = m.start() if m else line.find(needle)
     if i < 0:
@@ -50,17 +53,54 @@ def _locate(lit: n.Literal, lineno: int | None, needle: str | None) -> Span:
     return Span(offs[a], offs[max(a, b)] + 1)
 
 
+_GENERIC = "templates are jinja2: `{{ expr }}`, `{% if %}...{% endif %}`, `{% for x in xs %}...{% endfor %}`"
+_TAGS = ("if", "elif", "else", "endif", "for", "endfor", "set", "endset", "filter", "endfilter", "macro",
+         "endmacro", "call", "endcall", "with", "endwith", "raw", "endraw", "block", "endblock")
+
+
+def _syntax_hint(message: str) -> tuple[str | None, str]:
+    """What to point at (the last occurrence on the error's line) and how to fix a jinja2 syntax error."""
+    if "unexpected end of template" in message and "end of print statement" in message:
+        return "{{", "close the expression with `}}`"
+    if "unexpected end of template" in message and "end of statement block" in message:
+        return "{%", "close the tag with `%}`"
+    m = re.search(r"innermost block that needs to be closed is '(\w+)'", message)
+    if m:
+        return "{%", f"close the block with `{{% end{m.group(1)} %}}`"
+    m = re.search(r"unknown tag '(\w+)'", message)
+    if m:
+        return m.group(1), did_you_mean(m.group(1), _TAGS) or _GENERIC
+    if message.startswith("unexpected '}'"):
+        return "}", "close the expression with `}}` (two braces)"
+    return None, _GENERIC
+
+
 def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str) -> None:
     """Parse one template and check every name and field it reads."""
     env = environment()
     try:
         ast = env.parse(lit.value)
     except TemplateSyntaxError as exc:
-        diags.error("E027", f"template syntax error in `{where}`: {exc.message}", _locate(lit, exc.lineno, None),
-                    "templates are jinja2: `{{ expr }}`, `{% if %}...{% endif %}`, `{% for x in xs %}...{% endfor %}`")
+        needle, hint = _syntax_hint(exc.message or "")
+        diags.error("E027", f"template syntax error in `{where}`: {exc.message}",
+                    _locate(lit, exc.lineno, needle, last=True), hint)
         return
-    known = set(CONTEXT_NAMES) | set(scope.agents) | set(JINJA_GLOBALS)
-    undeclared = meta.find_undeclared_variables(ast)
+    unknown = False
+    for node in ast.find_all((jn.Filter, jn.Test)):
+        table, what = (env.filters, "filter") if isinstance(node, jn.Filter) else (env.tests, "test")
+        if node.name not in table:
+            unknown = True
+            diags.error("E027", f"template `{where}` uses unknown {what} `{node.name}`",
+                        _locate(lit, node.lineno, node.name), did_you_mean(node.name, table)
+                        or f"see the jinja2 list of builtin {what}s")
+    if unknown:
+        return  # jinja2's own analysis below would stop at them
+    known = set(CONTEXT_NAMES) | set(scope.agents) | set(JINJA_GLOBALS) | set(scope.broken)
+    try:
+        undeclared = meta.find_undeclared_variables(ast)
+    except TemplateError as exc:  # what jinja2 rejects only when compiling
+        diags.error("E027", f"template error in `{where}`: {exc.message}", _locate(lit, exc.lineno, None), _GENERIC)
+        return
     for node in ast.find_all(jn.Name):
         if node.ctx == "load" and node.name in undeclared and node.name not in known:
             diags.error("E040", f"template `{where}` reads unknown name `{node.name}`",
@@ -94,10 +134,10 @@ def _check_field(lit: n.Literal, lineno: int, base: str, field: str, scope: Scop
     needle = f"{base}.{field}"
     if base == "row":
         known = [f for f, _ in scope.row.fields]
-        if field not in known:
+        if field not in known and scope.row.kind == "obj":
             diags.error("E042", f"template `{where}` reads `row.{field}`, but the input has no field `{field}`",
                         _locate(lit, lineno, needle), did_you_mean(field, known)
-                        or f"input fields are {', '.join(known)}")
+                        or (f"input fields are {', '.join(known)}" if known else "the input declares no fields"))
     elif base in scope.agents:
         t = scope.agents[base]
         known = [f for f, _ in t.fields]

@@ -68,6 +68,7 @@ class Scope:
     agents: dict[str, Ty]
     on_read: Callable[[str, str], None] = field(default=lambda agent, fld: None)  # records agent.field reads
     allow_history: bool = True
+    broken: frozenset[str] = frozenset()  # declared but unparsable: read as json, without errors
 
 
 class TypeChecker:
@@ -114,6 +115,8 @@ class TypeChecker:
             return ENTRY.opt()
         if e.name in s.agents:
             return s.agents[e.name]
+        if e.name in s.broken:
+            return ANY
         names = list(CONTEXT_NAMES) + list(s.agents)
         self.diags.error("E040", f"unknown name `{e.name}`", e.span,
                          did_you_mean(e.name, names) or f"names here are {', '.join(sorted(names))}")
@@ -200,6 +203,11 @@ class TypeChecker:
                 always = "false" if op == "==" else "true"
                 self.diags.error("E043", f"`{op}` compares {lt} with {rt}: they are never equal, so this is "
                                  f"always {always}", span, _conversion_hint(lt, rt))
+            elif op == "==" and _is_null(e.left) != _is_null(e.right):
+                t = rt if _is_null(e.left) else lt
+                if not t.optional and t.kind not in ("any", "null"):
+                    self.diags.warning("W005", f"`== null` is always false: this {t} value is never null",
+                                       span, "remove the comparison, or compare with a value")
             return BOOL
         if op in ("<", "<=", ">", ">="):
             ok = (lt.kind in (*NUMERIC, "any") and rt.kind in (*NUMERIC, "any")) or \
@@ -227,12 +235,14 @@ class TypeChecker:
                 check_regex(self.diags, e.right)
             return BOOL
         # arithmetic
+        maybe_null = lt.optional or rt.optional
         if op == "+" and lt.kind == rt.kind and lt.kind in ("str", "list"):
-            return lt
+            return lt.opt() if maybe_null else lt
         if lt.kind in (*NUMERIC, "any") and rt.kind in (*NUMERIC, "any"):
             if "any" in (lt.kind, rt.kind):
                 return ANY
-            return FLOAT if "float" in (lt.kind, rt.kind) or op == "/" else INT
+            res = FLOAT if "float" in (lt.kind, rt.kind) or op == "/" else INT
+            return res.opt() if maybe_null else res
         self.diags.error("E043", f"cannot apply `{op}` to {lt} and {rt}", span, _conversion_hint(lt, rt))
         return ANY
 
@@ -258,6 +268,10 @@ class TypeChecker:
             return STR.opt() if t.optional else STR
         return {"int": INT, "float": FLOAT, "str": STR}[fn].opt() if t.optional else \
             {"int": INT, "float": FLOAT, "str": STR}[fn]
+
+
+def _is_null(e: n.Expr) -> bool:
+    return isinstance(e, n.Literal) and e.kind == "null"
 
 
 def _conversion_hint(a: Ty, b: Ty) -> str | None:

@@ -36,6 +36,15 @@ def _wrong(diags: Diagnostics, key: str, kind: str, e: n.Expr, help: str | None 
     diags.error("E017", f"`{key}` takes {_KIND_WORDS.get(kind, kind)}, not {describe(e)}", e.span, help)
 
 
+# How people spell units that `.mx` writes otherwise.
+UNIT_SPELLINGS = {
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m", "minute": "m",
+    "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "msec": "ms", "millis": "ms",
+    "b": "B", "kb": "KB", "k": "KB", "mb": "MB", "m": "MB", "gb": "GB", "g": "GB", "kib": "KiB", "mib": "MiB",
+    "gib": "GiB",
+}
+
+
 def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: str) -> float | None:
     num, unit = e.value
     if unit not in units:
@@ -43,6 +52,8 @@ def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: st
         if unit in other:
             hint = f"this is a {'duration' if other is DURATION_UNITS else 'size'}; a {what} is written " + \
                 ("like `250ms`, `10s`, `5m`" if what == "duration" else "like `512B`, `64KB`, `256MB`")
+        elif UNIT_SPELLINGS.get(unit.lower()) in units:
+            hint = f"write `{num}{UNIT_SPELLINGS[unit.lower()]}`"
         else:
             hint = did_you_mean(unit, units) or f"{what} units are {', '.join(units)}"
         diags.error("E018", f"unknown {what} unit `{unit}` in `{num}{unit}`", e.span, hint)
