@@ -11,6 +11,7 @@ TOP_LEVEL_KEYS = (
     "ir_version", "workflow", "input_schema", "models", "tools", "agents", "states", "limits", "output",
 )
 FINAL_TARGETS = ("end", "fail")
+RESERVED_FIELDS = ("text", "exit_code", "entry")  # agent fields and the message's values[AGENT]["entry"]
 
 
 class IRError(ValueError):
@@ -130,6 +131,9 @@ def _check_agent(name: str, agent: Any, models: dict, tools: dict) -> None:
     for ex in extracts:
         if not isinstance(ex, dict) or not isinstance(ex.get("name"), str):
             raise IRError(f"agents.{name}.extracts entries must be objects with a name")
+        if ex["name"] in RESERVED_FIELDS:
+            raise IRError(f"agents.{name}: an extract may not be named {ex['name']!r} "
+                          f"(reserved: {', '.join(RESERVED_FIELDS)})")
         if ex.get("kind") == "regex":
             if not isinstance(ex.get("pattern"), str):
                 raise IRError(f"agents.{name} extract {ex['name']!r}: pattern must be a string")

@@ -466,6 +466,10 @@ def test_load_ir_forms_and_errors(tmp_path) -> None:
         Engine(ir3)
     with pytest.raises(ValueError, match="backend must be"):
         Engine(F.coral(), backend="vllm")
+    ir4 = F.coral()
+    ir4["agents"]["student"]["extracts"].append(F.regex("entry", "(x)"))
+    with pytest.raises(IRError, match="agents.student: an extract may not be named 'entry'"):
+        Engine(ir4)
 
 
 # ---- the spec programs compiled by the front end ---------------------------------------------------------
