@@ -29,7 +29,7 @@ from .cluster import Handles, Topology, actor_info
 from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import row_key
-from .store import fetch_texts, offload_entry
+from .store import fetch_texts, needs_offload, offloaded_entry
 from .transport import Outbox, pick_two
 
 
@@ -95,8 +95,10 @@ class AgentActor:
         self.hops = 0
         self.dropped = 0
         self.output_need = self.engine.output_need()
-        cap = self.engine.ir["models"].get(self.spec.model or "", {}).get("timeout_s")
-        self.timeout_s = min(cfg.call_timeout_s, cap) if cap else cfg.call_timeout_s
+        model = self.engine.ir["models"].get(self.spec.model or "", {})
+        self.timeout_s = float(model.get("timeout_s") or cfg.call_timeout_s)
+        retries = model.get("retries")
+        self.retries = cfg.call_retries if retries is None else int(retries)
 
     # -- inbound ---------------------------------------------------------------------------------
     @property
@@ -150,7 +152,7 @@ class AgentActor:
             reply = await self._call_model(call)
             if reply is None:
                 eng.fail(msg, "error", "model_error",
-                         f"model {call.model!r}: no reply after {self.cfg.call_retries} retries "
+                         f"model {call.model!r}: no reply after {self.retries} retries "
                          f"(timeout {self.timeout_s:g}s)", time.time())
                 return await self._finish(msg, texts)
         else:
@@ -166,10 +168,11 @@ class AgentActor:
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
         if msg.finished:
             return await self._finish(msg, list(texts) + [reply.text])
-        entry, ref = offload_entry(msg.history[-1], self.cfg.offload_threshold, self._store())
-        if ref is not None:
-            msg.history[-1] = entry
-            self.outbox.send(("store",), self._store(), (row_key(msg.id), [ref]))
+        size = needs_offload(reply.text, self.cfg.offload_threshold)
+        if size:
+            ref = await self._offload(row_key(msg.id), reply.text)
+            if ref is not None:
+                msg.history[-1] = offloaded_entry(self.role, reply.text, size, ref)
         self._route(msg)
         return True
 
@@ -177,12 +180,13 @@ class AgentActor:
         """One model call through the sim service, retried on timeout; None after the last retry."""
         sims = self.topo.sims_of(call.model)
         loop = asyncio.get_running_loop()
-        for _ in range(self.cfg.call_retries + 1):
+        for _ in range(self.retries + 1):
             req_id = self._next_req
             self._next_req += 1
             fut = self._waiting[req_id] = loop.create_future()
             dest = pick_two(sims, lambda n: self.outbox.load(("sim", n)), self.rng)
-            req = (self.name, req_id, call.sim_text, call.sim_tokens, call.prompt_tokens, call.seed_key)
+            req = (self.name, req_id, call.model, call.sim_text, call.sim_tokens, call.prompt_tokens,
+                   call.seed_key)
             self._requests[req_id] = (dest, req)
             self.outbox.send(("sim", dest), self.handles.get(dest), req, method="submit")
             try:
@@ -193,6 +197,26 @@ class AgentActor:
             finally:
                 self._requests.pop(req_id, None)
         return None
+
+    async def _offload(self, key: Hashable, text: str):
+        """Have the sink put ``text`` in the object store (it owns the object); its ref, or None."""
+        req_id = self._next_req
+        self._next_req += 1
+        fut = self._waiting[req_id] = asyncio.get_running_loop().create_future()
+        self.outbox.send(("offload",), self._sink(), (self.name, req_id, key, text), method="offload")
+        try:
+            return await asyncio.wait_for(fut, 30.0)
+        except (asyncio.TimeoutError, ray.exceptions.RayActorError):
+            self._waiting.pop(req_id, None)
+            return None       # keep the text inline
+
+    async def offloaded(self, batch: list[tuple[int, list]]) -> int:
+        """References of offloaded texts from the sink: ``(req_id, [ObjectRef])``."""
+        for req_id, refs in batch:
+            fut = self._waiting.pop(req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(refs[0])
+        return len(self.held)
 
     def sim_restarted(self, names: list[str]) -> int:
         """A sim service restarted and lost its queue: re-send this replica's requests to it."""
@@ -212,7 +236,7 @@ class AgentActor:
             handle = self.handles.get(self.rng.choice(names))
             try:
                 res = await asyncio.wait_for(handle.run.remote(call.tool, spec, call.input),
-                                             self.timeout_s + float(spec.get("timeout_s", 0)))
+                                             self.timeout_s + float(spec.get("timeout_s") or 0))
             except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                 self.errors += 1
                 detail = f"tool {call.tool!r}: {type(e).__name__}"
@@ -224,8 +248,8 @@ class AgentActor:
         return None, detail
 
     # -- outbound --------------------------------------------------------------------------------
-    def _store(self):
-        return self.handles.get(self.topo.store)
+    def _sink(self):
+        return self.handles.get(self.topo.sink)
 
     def _route(self, msg: Message) -> None:
         """Send a running message on: to a replica of its next role (or to the coordinator)."""
@@ -284,9 +308,9 @@ class AgentActor:
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
         kind = dest[0]
-        if kind == "sim":
+        if kind in ("sim", "offload"):
             for req in batch:
-                fut = self._waiting.pop(req[1], None)
+                fut = self._waiting.pop(req[1], None)   # the retry loop re-sends it
                 if fut is not None and not fut.done():
                     fut.set_exception(ray.exceptions.RayActorError())
             return

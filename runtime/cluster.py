@@ -48,8 +48,8 @@ class Topology:
     prefix: str
     namespace: str | None
     roles: dict[str, int]                      # agent role → replicas
-    sims: dict[str, int] = field(default_factory=dict)   # model → sim service actors
-    tools: dict[str, int] = field(default_factory=dict)  # tool → tool service actors
+    sims: dict[str, list[int]] = field(default_factory=dict)   # model → sim service actors hosting it
+    tools: dict[str, int] = field(default_factory=dict)        # tool → tool service actors
     central: bool = False
 
     def agent(self, role: str, i: int) -> str:
@@ -61,11 +61,14 @@ class Topology:
     def all_agents(self) -> list[str]:
         return [n for role in self.roles for n in self.agents(role)]
 
-    def sim(self, model: str, i: int) -> str:
-        return f"{self.prefix}:sim:{model}:{i}"
+    def sim(self, i: int) -> str:
+        return f"{self.prefix}:sim:{i}"
 
     def sims_of(self, model: str) -> list[str]:
-        return [self.sim(model, i) for i in range(self.sims[model])]
+        return [self.sim(i) for i in self.sims[model]]
+
+    def all_sims(self) -> list[str]:
+        return [self.sim(i) for i in sorted({i for ids in self.sims.values() for i in ids})]
 
     def tool(self, name: str, i: int) -> str:
         return f"{self.prefix}:tool:{name}:{i}"
@@ -76,10 +79,6 @@ class Topology:
     @property
     def sink(self) -> str:
         return f"{self.prefix}:sink"
-
-    @property
-    def store(self) -> str:
-        return f"{self.prefix}:store"
 
     @property
     def coordinator(self) -> str:

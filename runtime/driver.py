@@ -220,7 +220,7 @@ class Driver:
     # -- liveness and recovery -----------------------------------------------------------------------
     def _actor_names(self) -> list[str]:
         t = self.topo
-        names = t.all_agents() + [n for m in t.sims for n in t.sims_of(m)] + [t.store]
+        names = t.all_agents() + t.all_sims() + [t.sink]
         if t.central:
             names.append(t.coordinator)
         return names

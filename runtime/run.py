@@ -1,7 +1,7 @@
 """``run(ir, opts)``: execute a workflow's IR over an input file on Ray and return the run summary.
 
 It checks the options, prepares the output (``--resume``/``--overwrite``), connects to Ray, starts the
-run's actors (store, sink on the driver's node, sim services, tool services, agent replicas spread over
+run's actors (the sink on the driver's node, sim services, tool services, agent replicas spread over
 the cluster, and the coordinator in central mode), drives the rows through them, and tears everything
 down again, leaving Ray as it found it.
 """
@@ -28,8 +28,7 @@ from .engine import Engine
 from .ir import IRError, load_ir
 from .progress import RunProgress, count_rows, percentile, print_summary
 from .simservice import SimService
-from .sink import Sink, scan_output
-from .store import Store
+from .sink import Sink
 
 
 class RunError(Exception):
@@ -74,13 +73,15 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
         raise RunError(f"unusable workflow: {e}") from e
     _check_options(engine, opts)
     out_path = str(Path(opts.output).resolve())
-    done_ids, cut = _prepare_output(out_path, opts)
+    _prepare_output(out_path, opts)
     total = count_rows(opts.input, opts.limit)
     started = connect(opts.address)
     actors: dict[str, Any] = {}
     try:
         topo = _topology(engine, opts)
         actors = _launch(engine, topo, opts, out_path)
+        done, cut = ray.get(actors["sink"].done_ids.remote())
+        done_ids = set(done)
         cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
                            coalesce=opts.coalesce, window_s=opts.window_s,
                            row_attempts=int(engine.limits.get("row_attempts", 3)),
@@ -133,24 +134,25 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
             raise RunError(f"this workflow has tool agents but the tool service is unavailable: {e}") from e
 
 
-def _prepare_output(path: str, opts: RunOptions) -> tuple[set, int]:
+def _prepare_output(path: str, opts: RunOptions) -> None:
     p = Path(path)
     if p.is_dir():
         raise RunError(f"output {path!r} is a directory")
-    if not p.parent.is_dir():
-        raise RunError(f"output directory {str(p.parent)!r} does not exist")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the output directory {str(p.parent)!r}: {e.strerror}") from e
     if p.exists() and p.stat().st_size > 0 and not (opts.resume or opts.overwrite):
         raise RunError(f"output {path!r} exists: pass --resume to skip the rows already in it, "
                        f"or --overwrite to replace it")
-    if opts.resume and p.exists():
-        return scan_output(p)
-    return set(), 0
 
 
 def _topology(engine: Engine, opts: RunOptions) -> Topology:
     roles = {name: int(opts.replicas.get(name, spec.replicas)) for name, spec in engine.agents.items()}
-    models = {spec.model for spec in engine.agents.values() if spec.kind == "llm"}
-    sims = {m: max(1, min(opts.sim_actors, engine.ir["models"][m]["sim"]["replicas"])) for m in sorted(models)}
+    models = sorted({spec.model for spec in engine.agents.values() if spec.kind == "llm"})
+    reps = {m: int(engine.ir["models"][m]["sim"]["replicas"]) for m in models}
+    n_sim = max(1, min(opts.sim_actors, max(reps.values(), default=1)))
+    sims = {m: list(range(min(reps[m], n_sim))) for m in models}
     tools = {t: max(1, int(engine.ir["tools"][t].get("replicas", 1)))
              for t in sorted({s.tool for s in engine.agents.values() if s.kind == "tool"})}
     prefix = f"mx-{opts.run_id or uuid.uuid4().hex[:8]}"
@@ -161,17 +163,18 @@ def _topology(engine: Engine, opts: RunOptions) -> Topology:
 def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str) -> dict[str, Any]:
     """Start the run's actors and wait until every one answers."""
     actors: dict[str, Any] = {}
-    actors["store"] = Store.options(name=topo.store, max_restarts=-1).remote()
     mode = "append" if opts.resume else "new"
     here = NodeAffinitySchedulingStrategy(node_id=this_node_id(), soft=False)
-    actors["sink"] = Sink.options(name=topo.sink, scheduling_strategy=here).remote(
-        out_path, mode, topo.store, topo.namespace)
-    for model, n in topo.sims.items():
+    actors["sink"] = Sink.options(name=topo.sink, scheduling_strategy=here).remote(out_path, mode, topo)
+    hosted: dict[int, dict[str, tuple[dict, int]]] = {}
+    for model, ids in topo.sims.items():
         sim = engine.ir["models"][model]["sim"]
-        share = [sim["replicas"] // n + (1 if i < sim["replicas"] % n else 0) for i in range(n)]
-        for i in range(n):
-            actors[topo.sim(model, i)] = SimService.options(
-                name=topo.sim(model, i), scheduling_strategy="SPREAD").remote(sim, share[i], topo, opts.coalesce)
+        r, n = int(sim["replicas"]), len(ids)
+        for k, i in enumerate(ids):
+            hosted.setdefault(i, {})[model] = (sim, r // n + (1 if k < r % n else 0))
+    for i, models in sorted(hosted.items()):
+        actors[topo.sim(i)] = SimService.options(name=topo.sim(i), scheduling_strategy="SPREAD").remote(
+            models, topo, opts.coalesce)
     if topo.tools:
         from .toolservice import ToolService
 
@@ -194,9 +197,11 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str) -> 
             topo, opts.coalesce, opts.window_s)
     try:
         ray.get([h.ping.remote() for h in actors.values()], timeout=120)
-    except Exception:
+    except Exception as e:
         for h in actors.values():
             ray.kill(h)
+        if "OutputLocked" in str(e):
+            raise RunError(f"output {out_path!r} is being written by another run") from None
         raise
     return actors
 
@@ -237,7 +242,7 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
             batches += ob["calls"]
             items += ob["items"]
             max_batch = max(max_batch, ob["max_batch"])
-    store = stats.get("store", {})
+    store = sink_stats.get("offload", {})
     return {
         "workflow": engine.workflow_name, "workflow_hash": engine.workflow_hash,
         "output": out_path, "rows": res.rows,

@@ -3,23 +3,27 @@
 Output is append-only JSON Lines, one whole line per row, flushed after every delivered batch. Rows
 are deduplicated by id (the first write wins), which makes re-runs after a crash exactly-once: a
 re-admitted row that was in fact finished, or a row already written by an earlier run (``--resume``),
-is dropped. After writing, the sink tells the store to free the rows' offloaded texts, and queues one
-completion per row for the driver, which long-polls :meth:`Sink.poll`.
+is dropped. The sink also owns the run's offloaded history texts (``store.RefStore``) and
+frees a row's texts as soon as its line is written. It queues one completion per row for the driver,
+which long-polls :meth:`Sink.poll`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import time
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from .cluster import actor_info
+from .cluster import Handles, Topology, actor_info
+from .store import RefStore
 from .transport import Outbox
 
 
@@ -64,22 +68,40 @@ def _key(row_id: Any) -> Hashable:
 row_key = _key
 
 
+def _lock(fd: int, path: str, wait_s: float) -> None:
+    """Take an exclusive flock on the output, waiting up to ``wait_s`` for a previous writer to die."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OutputLocked(f"output {path!r} is being written by another run") from None
+            time.sleep(0.1)
+
+
+class OutputLocked(RuntimeError):
+    """Another process holds the output file's lock."""
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class Sink:
     """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
 
-    def __init__(self, path: str, mode: str, store_name: str | None, namespace: str | None = None):
+    def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _lock(self._fd, path, lock_wait_s)    # one writer per output file, even across runs
         ctx = ray.get_runtime_context()
         if ctx.was_current_actor_reconstructed or mode == "append":
             self._written, self.cut_bytes = scan_output(path)
         else:  # "new": the driver has checked --overwrite
-            Path(path).write_bytes(b"")
+            os.ftruncate(self._fd, 0)
             self._written, self.cut_bytes = set(), 0
         self._path = path
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the actor's life
-        self._store_name = store_name
-        self._namespace = namespace
-        self._store: Any = None
+        self.refs = RefStore()
+        self._handles = Handles(topo)
         self._outbox: Outbox | None = None
         self._completions: list = []
         self._event: asyncio.Event | None = None
@@ -100,21 +122,30 @@ class Sink:
             freed.append(key)
             self._completions.append((key, info))
         if out:
-            self._f.write("".join(out))
-            self._f.flush()
+            data = "".join(out).encode("utf-8")
+            while data:                        # one write per batch: whole lines, appended
+                data = data[os.write(self._fd, data):]
             self.lines += len(freed)
-            self._free(freed)
+            self.refs.free(freed)
             self._wake()
         return 0
 
-    def _free(self, keys: list[Hashable]) -> None:
-        if not self._store_name:
-            return
+    async def offload(self, batch: list[tuple[str, int, Hashable, str]]) -> int:
+        """Put texts in the object store, owned here: items are ``(reply_to, req_id, row_key, text)``.
+
+        Each reference goes back (one-way, coalesced) to the agent's ``offloaded`` method as
+        ``(req_id, [ref])``; the sink holds it until the row is written.
+        """
         if self._outbox is None:
             self._outbox = Outbox()
-            self._store = ray.get_actor(self._store_name, namespace=self._namespace)
-        for key in keys:
-            self._outbox.send("store", self._store, key, method="free")
+        for reply_to, req_id, key, text in batch:
+            ref = self.refs.put(key, text)
+            try:
+                handle = self._handles.get(reply_to)
+            except ValueError:
+                continue
+            self._outbox.send(reply_to, handle, (req_id, [ref]), method="offloaded")
+        return 0
 
     def _wake(self) -> None:
         if self._event is not None:
@@ -131,17 +162,19 @@ class Sink:
         done, self._completions = self._completions, []
         return done
 
+    def done_ids(self) -> tuple[list[Hashable], int]:
+        """Ids already in the output when the sink started (``--resume``), and torn bytes cut."""
+        return list(self._written), self.cut_bytes
+
     def written(self, keys: list[Hashable]) -> list[Hashable]:
         """Which of ``keys`` are in the output."""
         return [k for k in keys if k in self._written]
 
-    async def close(self) -> dict:
-        """Flush and fsync the output; wait for pending frees. Returns counters."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        if self._outbox is not None:
-            await self._outbox.drain()
-        return {"lines": self.lines, "duplicates": self.duplicates, "cut_bytes": self.cut_bytes}
+    def close(self) -> dict:
+        """Fsync the output. Returns counters, and the offloaded references still held and freed."""
+        os.fsync(self._fd)
+        return {"lines": self.lines, "duplicates": self.duplicates, "cut_bytes": self.cut_bytes,
+                "offload": self.refs.stats()}
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

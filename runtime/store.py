@@ -1,11 +1,14 @@
 """Offloading of large history texts to Ray's object store.
 
-A history entry whose text is larger than the run's offload threshold is put in the object store with
-``ray.put(text, _owner=store)``: the long-lived :class:`Store` actor owns it, so it outlives the agent
-that produced it. The message then carries ``{"agent", "ref", "bytes", "preview"}`` instead of the text
-(``ref`` is the ``ObjectRef`` itself; Ray's reference counting tracks every message holding it), and
-the agent hands the reference to the store (``deliver``), which keeps it alive until the sink has
-written the row's output and sends ``free``.
+A history entry whose text is larger than the run's offload threshold is put in the object store by
+the long-lived sink actor, so that the object is *owned* by the sink and outlives the agent that
+produced the text. (Ray ≥ 2.56 removed ``ray.put(..., _owner=actor)``, so the agent cannot put it on
+the sink's behalf: it sends the text to the sink one-way and coalesced, the sink puts it, keeps the
+reference in its :class:`RefStore` and sends the reference back; only then does the agent route the
+message on.) The message carries ``{"agent", "ref", "bytes", "preview"}`` instead of the text; ``ref``
+is the ``ObjectRef`` itself, and Ray's reference counting keeps the object alive while any message
+holds it. The sink drops its own reference as soon as the row's output line is written, so nothing a
+row put in the store outlives the row.
 """
 
 from __future__ import annotations
@@ -17,26 +20,20 @@ from typing import Any
 
 import ray
 
-from .cluster import actor_info
-
 PREVIEW_CHARS = 64
 
 
-def offload_entry(entry: dict, threshold: int, owner: Any) -> tuple[dict, Any | None]:
-    """Offload the text of a history entry when its UTF-8 size exceeds ``threshold`` bytes.
-
-    Returns the (possibly replaced) entry and the new ObjectRef (or None when kept inline).
-    """
-    text = entry.get("text")
-    if text is None or threshold < 0:
-        return entry, None
-    if len(text) <= threshold // 4:          # cheap lower bound: at most 4 bytes per character
-        return entry, None
+def needs_offload(text: str | None, threshold: int) -> int:
+    """The UTF-8 size of ``text`` when it is larger than ``threshold`` bytes (offload it), else 0."""
+    if text is None or threshold < 0 or len(text) <= threshold // 4:   # at most 4 bytes per character
+        return 0
     size = len(text.encode("utf-8"))
-    if size <= threshold:
-        return entry, None
-    ref = ray.put(text, _owner=owner)
-    return {"agent": entry["agent"], "ref": ref, "bytes": size, "preview": text[:PREVIEW_CHARS]}, ref
+    return size if size > threshold else 0
+
+
+def offloaded_entry(agent: str, text: str, size: int, ref: Any) -> dict:
+    """The history entry that replaces an offloaded text."""
+    return {"agent": agent, "ref": ref, "bytes": size, "preview": text[:PREVIEW_CHARS]}
 
 
 async def fetch_texts(history: Sequence[dict], need: str) -> list[str | None]:
@@ -66,42 +63,40 @@ def refs_of(history: Sequence[dict]) -> list:
     return [e["ref"] for e in history if "ref" in e]
 
 
-@ray.remote(num_cpus=0)
-class Store:
-    """Owner of the run's offloaded texts: holds their references per row until ``free``."""
+class RefStore:
+    """The run's offloaded texts, held per row until the row's output is written.
+
+    It lives inside the sink actor (long-lived, and the one that knows when a row is written), so
+    freeing costs no message. ``free`` drops a written row's references (Ray frees an object once no
+    message holds it any more); a late ``put`` for a row freed less than a minute ago is not held.
+    """
 
     def __init__(self) -> None:
         self._refs: dict[Hashable, list] = {}
-        self._freed: dict[Hashable, float] = {}   # recently freed rows: late holds are dropped
-        self._n_refs = 0
-        self._total_freed = 0
+        self._freed: dict[Hashable, float] = {}
+        self.n_refs = 0
+        self.total_freed = 0
 
-    def deliver(self, batch: list[tuple[Hashable, list]]) -> int:
-        """Hold references: ``batch`` items are ``(row_key, [ObjectRef, ...])``. Returns rows held."""
-        for key, refs in batch:
-            if key in self._freed:
-                continue
-            self._refs.setdefault(key, []).extend(refs)
-            self._n_refs += len(refs)
-        return len(self._refs)
+    def put(self, key: Hashable, text: str) -> Any:
+        """Put ``text`` in the object store (owned by the calling process) and hold it for row ``key``."""
+        ref = ray.put(text)
+        if key not in self._freed:
+            self._refs.setdefault(key, []).append(ref)
+            self.n_refs += 1
+        return ref
 
-    def free(self, keys: list[Hashable]) -> int:
+    def free(self, keys: list[Hashable]) -> None:
         """Drop the references of rows whose output has been written."""
         now = time.monotonic()
         for key in keys:
             refs = self._refs.pop(key, None)
             if refs:
-                self._n_refs -= len(refs)
-                self._total_freed += len(refs)
+                self.n_refs -= len(refs)
+                self.total_freed += len(refs)
             self._freed[key] = now
         if len(self._freed) > 10000:   # forget rows freed more than a minute ago
             self._freed = {k: t for k, t in self._freed.items() if now - t < 60.0}
-        return len(self._refs)
 
     def stats(self) -> dict:
         """Rows and references currently held, and references freed so far."""
-        return {"rows": len(self._refs), "refs": self._n_refs, "freed": self._total_freed}
-
-    def ping(self) -> tuple[str, int, str]:
-        """Liveness probe: (incarnation, pid, node id)."""
-        return actor_info()
+        return {"rows": len(self._refs), "refs": self.n_refs, "freed": self.total_freed}

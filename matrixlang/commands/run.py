@@ -1,0 +1,101 @@
+"""`mxc run FILE.mx|FILE.json --input IN.jsonl --output OUT.jsonl ...`: run a workflow on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """examples:
+  mxc run workflows/coral.mx --input workflows/data/coral.jsonl --output out.jsonl --backend sim
+  mxc run coral.json --input rows.jsonl --output out.jsonl --resume --summary s.json
+  mxc run coral.mx --input rows.jsonl --output out.jsonl --schedule batch --max-in-flight 128
+  mxc run coral.mx --input rows.jsonl --output out.jsonl --address ray://head:10001 --replicas teacher=4
+
+exit status: 0 when the run completed (rows that failed are written with their reason),
+1 when the program has errors, 2 when the input, output or options are unusable."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run a workflow over a JSONL input on Ray",
+        description="Run a .mx program (or its compiled IR, a .json file) over every row of a JSON Lines "
+                    "input, peer to peer on Ray, writing one output row per input row.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a .mx program or its IR (.json)")
+    p.add_argument("--input", "-i", required=True, metavar="IN.jsonl", help="input rows (JSON Lines; - for stdin)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT.jsonl", help="output rows (JSON Lines)")
+    p.add_argument("--backend", choices=["sim"], help="replace every model by the built-in simulator")
+    p.add_argument("--max-in-flight", type=int, default=256, metavar="N", help="rows in the system at once (256)")
+    p.add_argument("--schedule", choices=["row", "batch"], default="row",
+                   help="row: admit a row as soon as one finishes (default); batch: wait for whole batches")
+    p.add_argument("--orchestrator", choices=["p2p", "central"], default="p2p",
+                   help="p2p: agents route messages themselves (default); central: through one coordinator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated replies (0)")
+    p.add_argument("--resume", action="store_true", help="skip rows whose id is already in the output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--summary", metavar="S.json", help="write the run summary as JSON")
+    p.add_argument("--limit", type=int, metavar="N", help="run only the first N input rows")
+    p.add_argument("--offload-threshold", type=int, default=512, metavar="BYTES",
+                   help="history texts larger than this go to Ray's object store (512; -1: never)")
+    p.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--replicas", action="append", default=[], metavar="AGENT=N",
+                   help="actors for an agent role, overriding the program (repeatable)")
+    p.add_argument("--progress", choices=["auto", "bar", "plain", "off"], default="auto",
+                   help="progress display on standard error (auto: a bar on a terminal)")
+    p.add_argument("--no-coalesce", action="store_true", help=argparse.SUPPRESS)   # benchmarks only
+    p.add_argument("--run-id", help=argparse.SUPPRESS)   # names the run's Ray actors (tests, operators)
+    p.set_defaults(handler=run)
+
+
+def _replicas(specs: list[str]) -> dict[str, int] | None:
+    out: dict[str, int] = {}
+    for spec in specs:
+        name, sep, n = spec.partition("=")
+        if not sep or not name or not n.strip().isdigit():
+            print(f"mxc run: --replicas expects AGENT=N, got {spec!r}", file=sys.stderr)
+            return None
+        out[name.strip()] = int(n)
+    return out
+
+
+def _load_ir(path: str) -> dict | None:
+    """The IR of FILE: compiled from a .mx program, or read from a .json IR file."""
+    if path.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except OSError as e:
+            print(f"mxc run: {path}: {e.strerror}", file=sys.stderr)
+        except ValueError as e:
+            print(f"mxc run: {path}: not valid JSON: {e}", file=sys.stderr)
+        return None
+    from ..commands.common import check_or_report
+    from ..compiler import build_ir
+
+    _, an = check_or_report(path)
+    return None if an is None else build_ir(an)
+
+
+def run(args) -> int:
+    replicas = _replicas(args.replicas)
+    if replicas is None:
+        return 2
+    ir = _load_ir(args.file)
+    if ir is None:
+        return 1
+    from matrixlang.runtime.run import RunError, RunOptions
+    from matrixlang.runtime.run import run as run_ir
+
+    opts = RunOptions(
+        input=args.input, output=args.output, backend=args.backend, max_in_flight=args.max_in_flight,
+        schedule=args.schedule, orchestrator=args.orchestrator, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, summary=args.summary, limit=args.limit,
+        offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
+        progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id)
+    try:
+        run_ir(ir, opts)
+    except RunError as e:
+        print(f"mxc run: {e}", file=sys.stderr)
+        return 2
+    return 0
