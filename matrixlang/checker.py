@@ -210,12 +210,12 @@ def _agent(an: Analysis, a: n.Agent) -> dict[str, Any]:
 def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
     out: list[dict] = []
     seen: dict[str, n.Extract] = {}
-    builtin = ("text", "exit_code")
+    builtin = ("text", "exit_code", "entry")
     for e in a.extracts:
         name = e.name.value
         if name in builtin:
-            an.diags.error("E026", f"`{name}` is a built-in field of every agent", e.name.span,
-                           "choose another name for the extract")
+            an.diags.error("E026", f"`{name}` is a reserved field name of every agent", e.name.span,
+                           "choose another name for the extract (`text`, `exit_code` and `entry` are reserved)")
             continue
         if name in seen:
             an.diags.error("E014", f"extract `{name}` is declared twice in agent `{a.name.value}`", e.name.span,
@@ -281,14 +281,16 @@ def _unused(an: Analysis) -> None:
     sym = an.symbols
     if sym.broken:
         return  # a declaration that did not parse may be the one that reads or uses them
+    codes = {d.code for d in an.diags.items}
+    unknown_reads = bool(codes & {"E027", "E040", "E041"})  # a read we could not follow may be the one
     for name, a in an.agents.items():
         for e in a["extracts"]:
-            if e["ok"] and (name, e["name"]) not in an.reads:
+            if e["ok"] and not unknown_reads and (name, e["name"]) not in an.reads:
                 an.diags.warning("W001", f"extract `{name}.{e['name']}` is never read", e["span"],
                                  "read it in a guard, a template or the output, or remove it")
     used = {a.get("model") for a in an.agents.values()} | {a.get("tool") for a in an.agents.values()}
     for table, kind in ((sym.models, "model"), (sym.tools, "tool")):
         for name, d in table.items():
-            if name not in used:
+            if name not in used and "E023" not in codes:
                 an.diags.warning("W004", f"{kind} `{name}` is never used", d.name.span,
                                  f"use it in an agent (`{kind} = {name}`) or remove it")
