@@ -209,7 +209,7 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
         expected = set(exc.accepts or exc.expected or ())
         prev = exc.token_history[-1] if getattr(exc, "token_history", None) else None
         if tok.type == "$END":
-            pos = len(text.rstrip())
+            pos = _code_end(text)
             span = Span(max(0, pos - 1), pos)
         else:
             span = Span(tok.start_pos, tok.end_pos if tok.end_pos is not None else tok.start_pos + 1)
@@ -236,11 +236,22 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
         diags.error("E001", f"expected {_describe(expected)}, found {_token_words(tok)}", span, hint)
         return
     if isinstance(exc, UnexpectedEOF):
-        pos = len(text.rstrip())
+        pos = _code_end(text)
         diags.error("E001", f"unexpected end of file; expected {_describe(set(exc.expected))}",
                     Span(max(0, pos - 1), pos))
         return
     diags.error("E001", "syntax error", Span(0, 1))
+
+
+def _code_end(text: str) -> int:
+    """Offset just after the last character of code (trailing comments and blanks skipped)."""
+    end = len(text.rstrip())
+    comments = [m for m in _COMMENT_SCAN.finditer(text) if m.group(0).startswith("#")]
+    for m in reversed(comments):
+        if m.end() < end:
+            break
+        end = len(text[: m.start()].rstrip())
+    return end
 
 
 def _unclosed_brace(text: str, upto: int, start: int) -> int | None:
