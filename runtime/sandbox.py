@@ -24,6 +24,7 @@ If this machine cannot enforce that (no bwrap, no namespaces), `check_support` s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -303,6 +304,13 @@ def _spawn(lim: Limits, code: str, uid: int | None) -> subprocess.Popen:
         os.close(filter_fd)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the jail's process group and reap it; its PID namespace dies with it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _execute(lim: Limits, code: str) -> SandboxResult:
     """Run `code` in the jail; no support check (callers do it)."""
     uid = _take_uid() if _privileged() else None
@@ -318,14 +326,12 @@ def _execute(lim: Limits, code: str) -> SandboxResult:
                 except subprocess.TimeoutExpired:
                     reason = "timeout"
             if reason is not None:
-                os.killpg(proc.pid, signal.SIGKILL)  # the jail; its PID namespace dies with it
-                proc.wait()
+                _kill(proc)
         finally:
             proc.stdout.close()
             proc.stderr.close()
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill(proc)
     finally:
         if uid is not None:
             _release_uid(uid)

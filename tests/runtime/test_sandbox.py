@@ -57,7 +57,7 @@ def uid_processes(uid: int) -> list[int]:
     return pids
 
 
-def wait_no_processes(uid: int, limit_s: float = 10.0) -> list[int]:
+def wait_no_processes(uid: int, limit_s: float = 30.0) -> list[int]:
     end = time.monotonic() + limit_s
     while (left := uid_processes(uid)) and time.monotonic() < end:
         time.sleep(0.05)
@@ -225,7 +225,8 @@ def test_the_jail_dies_with_its_caller() -> None:
     """)])
     try:
         jailed: set[int] = set()
-        for _ in range(400):
+        deadline = time.monotonic() + 120  # a bound for slow machines, not a timing assertion
+        while time.monotonic() < deadline:
             jailed = sandbox_uids() - before
             if jailed and len(uid_processes(next(iter(jailed)))) == 2:
                 break

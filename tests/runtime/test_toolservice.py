@@ -46,7 +46,7 @@ def test_run_returns_the_result_and_the_agent_text(ray_local) -> None:
 
 def test_concurrency_is_limited_per_tool(ray_local) -> None:
     svc = ToolService.remote()
-    code = "import time\ntime.sleep(0.4)\nprint('slept')"
+    code = "import time\ntime.sleep(0.8)\nprint('slept')"
     refs = [svc.run.remote("sandbox", SPEC, code) for _ in range(6)]
     refs += [svc.run.remote("other", {**SPEC, "max_concurrency": 3}, code) for _ in range(6)]
     results = ray_local.get(refs)
@@ -62,12 +62,11 @@ def test_event_loop_stays_free_while_snippets_run(ray_local) -> None:
     spec = {**SPEC, "max_concurrency": 1}
     long = svc.run.remote("sandbox", spec, "import time\ntime.sleep(30)")
     queued = svc.run.remote("sandbox", spec, "print('second')")
-    for _ in range(400):  # until the long run has started
-        if ray_local.get(svc.stats.remote())["running"]:
-            break
-        time.sleep(0.05)
+    deadline = time.monotonic() + 120  # a bound for slow machines, not a timing assertion
+    while not ray_local.get(svc.stats.remote())["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the long run has started
     stats = ray_local.get(svc.stats.remote())  # answered while the long run holds the only slot
-    assert stats["running"] == 1 and stats["waiting"] == 1
+    assert stats["running"] == 1 and stats["waiting"] == 1, stats
     assert ray_local.wait([long, queued], num_returns=2, timeout=0)[0] == []
     ray_local.kill(svc)
 
@@ -78,16 +77,14 @@ def test_a_dying_actor_takes_its_sandboxes_with_it(ray_local) -> None:
     before = sandbox_uids()
     ref = svc.run.remote("sandbox", SPEC, "import os, time\nos.fork()\ntime.sleep(30)")
     jailed: set[int] = set()
-    for _ in range(400):  # until the snippet and its child run, under their per-run uid
+    deadline = time.monotonic() + 120  # bounds for slow machines, not timing assertions
+    while not jailed and time.monotonic() < deadline:  # until the snippet runs, under its per-run uid
         jailed = sandbox_uids() - before
-        if jailed:
-            break
         time.sleep(0.05)
     assert jailed
     ray_local.kill(svc)  # the actor dies mid-run: its sandbox must not outlive it
-    for _ in range(200):
-        if not jailed & sandbox_uids():
-            break
+    deadline = time.monotonic() + 30
+    while jailed & sandbox_uids() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not jailed & sandbox_uids()
     with pytest.raises(ray_local.exceptions.RayActorError):
