@@ -19,8 +19,10 @@ _KIND_WORDS = {
 
 def describe(e: n.Expr) -> str:
     if isinstance(e, n.Literal):
-        return {"str": "a string", "int": "a number", "float": "a number", "bool": "a boolean", "null": "null",
-                "quantity": f"`{e.value[0]}{e.value[1]}`"}[e.kind]
+        if e.kind == "quantity":
+            return f"`{e.value[0]}{e.value[1]}`"
+        return {"str": "a string", "int": "a whole number", "float": "a number with a fraction",
+                "bool": "a boolean", "null": "null"}[e.kind]
     if isinstance(e, n.ListExpr):
         return "a list"
     if isinstance(e, n.RangeExpr):
