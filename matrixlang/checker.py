@@ -291,6 +291,6 @@ def _unused(an: Analysis) -> None:
     used = {a.get("model") for a in an.agents.values()} | {a.get("tool") for a in an.agents.values()}
     for table, kind in ((sym.models, "model"), (sym.tools, "tool")):
         for name, d in table.items():
-            if name not in used and "E023" not in codes:
+            if name not in used and not codes & {"E017", "E021", "E022", "E023"}:  # a bad reference may be the use
                 an.diags.warning("W004", f"{kind} `{name}` is never used", d.name.span,
                                  f"use it in an agent (`{kind} = {name}`) or remove it")
