@@ -119,6 +119,9 @@ def _hint(expected: set[str], tok: Token | None, prev: Token | None, text: str, 
         return "a block is missing its closing `}`"
     if "ARROW" in expected:
         return "each transition is `from -> to`, optionally followed by `when EXPR`"
+    for closing, pair in (("RPAR", "`(` is missing its closing `)`"), ("RSQB", "`[` is missing its closing `]`")):
+        if closing in expected and expected <= {closing, "COMMA"} and tok is not None and tok.type != closing:
+            return "a " + pair
     return None
 
 
