@@ -1,0 +1,437 @@
+"""The ``openai`` backend: an async client for OpenAI-compatible servers (vLLM, SGLang, hosted APIs,
+``mxc sim-server``), built on plain aiohttp to keep the CPU per call small.
+
+- One pooled ``aiohttp.ClientSession`` per process and event loop (``shared_session``), shared by every
+  model's client in an agent actor.
+- ``OpenAIModel`` is what the driver resolves from the IR (``resolve_models``): URLs (an ``env`` reference
+  is read from the driver's environment, comma-separated URLs are load-balanced), the API key (from the
+  environment only; held in a ``Secret`` whose repr hides it), params, timeout and retries.
+- ``OpenAIClient.call(LLMCall, key)`` posts to ``/chat/completions`` (``completion`` posts to
+  ``/completions``); a ``text/event-stream`` reply (``stream = true`` in the params) is parsed as SSE.
+  Routing, stickiness by row and the circuit breaker are ``endpoints.EndpointPool``'s.
+- Retries: connection errors, timeouts, 429, 5xx and unparsable replies are retried ``retries`` times
+  with exponential backoff and jitter, or after the server's ``Retry-After`` when it sends one; other 4xx
+  are final. After the last attempt ``ModelCallError`` says why; the agent writes the row as ``error``
+  with reason ``model_error`` and that detail. The API key never appears in errors, stats or logs.
+- Simulator hints: for a model whose every endpoint is an ``mxc sim-server`` (it lists its models as
+  ``owned_by: "matrixlang-sim"``, probed by ``resolve_models``), the request carries
+  ``"mx_sim": {"text", "tokens", "seed"}`` from the LLMCall, so the server replies exactly as the
+  in-cluster simulator would (docs/services.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from .endpoints import Endpoint, EndpointPool, display_url
+from .engine import LLMCall, Reply
+
+log = logging.getLogger("matrixlang.runtime.openai")
+
+SIM_OWNER = "matrixlang-sim"       # /v1/models `owned_by` of mxc sim-server
+MAX_CONNECTIONS = 1024             # pooled connections per process
+MAX_RETRY_AFTER_S = 60.0           # a longer Retry-After is capped
+RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
+
+
+class Secret:
+    """A credential: ``str()``/``repr()`` never show it; ``.value`` does."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (Secret, (self.value,))
+
+
+class ModelCallError(Exception):
+    """A model call failed for good (after retries, or with a final 4xx); ``detail`` says why."""
+
+    def __init__(self, detail: str, attempts: int, retryable: bool) -> None:
+        super().__init__(detail)
+        self.detail, self.attempts, self.retryable = detail, attempts, retryable
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying; ``retry_after`` is the server's wish (seconds)."""
+
+    def __init__(self, detail: str, *, breaker: bool | None, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail, self.breaker, self.retry_after = detail, breaker, retry_after
+
+
+class _Final(Exception):
+    """One attempt failed in a way no retry fixes (400, 401, 404, ...)."""
+
+
+@dataclass(slots=True)
+class OpenAIModel:
+    """One IR model with ``backend = "openai"``, resolved for calling (picklable)."""
+
+    model: str                             # the IR's models key
+    name: str | None                       # the "model" sent to the server
+    urls: list[str]
+    params: dict = field(default_factory=dict)
+    api_key: Secret | None = None
+    api_key_env: str | None = None         # read in the calling process when api_key is None
+    timeout_s: float = 120.0
+    retries: int = 3
+    sim_hints: bool = False                # send "mx_sim" (every endpoint is an mxc sim-server)
+    backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
+    max_backoff_s: float = 8.0
+    failure_threshold: int = 3
+    cooldown_s: float = 2.0
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters of one client (no secrets)."""
+
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    retry_after: int = 0                   # retries that waited for the server's Retry-After
+    errors: dict[str, int] = field(default_factory=dict)   # attempt failure kinds
+    sleeps: list[float] = field(default_factory=list)      # the last 1000 retry delays (seconds)
+
+    def as_dict(self) -> dict:
+        return {"calls": self.calls, "ok": self.ok, "failed": self.failed, "attempts": self.attempts,
+                "retries": self.retries, "retry_after": self.retry_after, "errors": dict(self.errors),
+                "sleeps": list(self.sleeps)}
+
+
+# ---- resolving models from the IR (driver side) ------------------------------------------------
+
+def resolve_urls(spec: Any, environ: Mapping[str, str], model: str) -> list[str]:
+    """The base URLs of an IR ``url``: a list, or ``{"env", "default"}`` (comma-separated values).
+    A URL without a path gets ``/v1``. ValueError when there is none or one is not http(s)."""
+    if isinstance(spec, dict):
+        raw = environ.get(spec["env"]) or spec.get("default")
+        if not raw:
+            raise ValueError(f"model {model!r}: ${spec['env']} is not set and the program gives no default URL")
+        items = raw.split(",")
+    elif isinstance(spec, list):
+        items = [u for s in spec for u in str(s).split(",")]
+    else:
+        raise ValueError(f"model {model!r}: no url (backend openai needs url = \"http://...\" or env(...))")
+    urls = []
+    for u in (x.strip() for x in items):
+        if not u:
+            continue
+        if not u.startswith(("http://", "https://")):
+            raise ValueError(f"model {model!r}: URL {display_url(u)!r} must start with http:// or https://")
+        u = u.rstrip("/")
+        if u.count("/") == 2:          # scheme://host[:port] only
+            u += "/v1"
+        urls.append(u)
+    if not urls:
+        raise ValueError(f"model {model!r}: the url list is empty")
+    return urls
+
+
+def resolve_model(name: str, m: dict, limits: dict, environ: Mapping[str, str] = os.environ) -> OpenAIModel:
+    """An IR model (backend openai) resolved against ``environ``: URLs and API key."""
+    key_spec = m.get("api_key")
+    key: Secret | None = None
+    key_env = None
+    if isinstance(key_spec, dict):
+        key_env = key_spec.get("env")
+        raw = (environ.get(key_env) if key_env else None) or key_spec.get("default")
+        key = Secret(raw) if raw else None
+    timeout = m.get("timeout_s")
+    retries = m.get("retries")
+    return OpenAIModel(
+        model=name, name=m.get("name"), urls=resolve_urls(m.get("url"), environ, name),
+        params=dict(m.get("params") or {}), api_key=key, api_key_env=key_env,
+        timeout_s=float(timeout if timeout is not None else limits.get("call_timeout_s", 120.0)),
+        retries=int(retries if retries is not None else limits.get("retries", 3)))
+
+
+def resolve_models(ir: dict, environ: Mapping[str, str] = os.environ, *, probe: bool = True,
+                   probe_timeout_s: float = 3.0) -> dict[str, OpenAIModel]:
+    """Every ``backend = "openai"`` model of the IR, resolved; with ``probe``, ``sim_hints`` is set for a
+    model whose every endpoint answers ``GET /models`` as an mxc sim-server. ValueError on a bad URL."""
+    out = {}
+    for name, m in sorted(ir["models"].items()):
+        if m.get("backend") != "openai":
+            continue
+        spec = resolve_model(name, m, ir.get("limits", {}), environ)
+        if probe:
+            spec.sim_hints = all(probe_owner(u, spec.api_key, probe_timeout_s) == SIM_OWNER for u in spec.urls)
+        out[name] = spec
+    return out
+
+
+def probe_owner(url: str, key: Secret | None = None, timeout_s: float = 3.0) -> str | None:
+    """The ``owned_by`` of the first model ``GET {url}/models`` lists, or None when it does not answer."""
+    req = urllib.request.Request(f"{url}/models")
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key.value}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:   # noqa: S310 - http(s) only, checked
+            data = json.loads(resp.read())
+        return data["data"][0].get("owned_by")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, urllib.error.URLError):
+        return None
+
+
+# ---- the per-process HTTP session ----------------------------------------------------------------
+
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def shared_session() -> aiohttp.ClientSession:
+    """This process's pooled session for the running event loop (created on first use)."""
+    loop = asyncio.get_running_loop()
+    s = _sessions.get(loop)
+    if s is None or s.closed:
+        for other in [lp for lp in _sessions if lp.is_closed()]:
+            del _sessions[other]
+        conn = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ttl_dns_cache=300,
+                                    enable_cleanup_closed=True)
+        s = _sessions[loop] = aiohttp.ClientSession(connector=conn, trust_env=False, auto_decompress=True)
+    return s
+
+
+async def close_shared_session() -> None:
+    """Close this loop's session (tests, clean shutdown)."""
+    s = _sessions.pop(asyncio.get_running_loop(), None)
+    if s is not None:
+        await s.close()
+
+
+# ---- the client ---------------------------------------------------------------------------------
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds, possibly fractional, or an HTTP date);
+    None when absent or unreadable. Never negative; capped at MAX_RETRY_AFTER_S."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            secs = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if secs != secs:   # NaN
+        return None
+    return min(max(secs, 0.0), MAX_RETRY_AFTER_S)
+
+
+class OpenAIClient:
+    """Calls one model's OpenAI-compatible endpoints (see the module docstring)."""
+
+    def __init__(self, spec: OpenAIModel, *, environ: Mapping[str, str] = os.environ,
+                 rng: random.Random | None = None) -> None:
+        self.spec = spec
+        self.pool = EndpointPool(spec.urls, failure_threshold=spec.failure_threshold, cooldown_s=spec.cooldown_s,
+                                 max_cooldown_s=max(spec.cooldown_s, 60.0))
+        key = spec.api_key.value if spec.api_key is not None else (
+            environ.get(spec.api_key_env) if spec.api_key_env else None)
+        self._key = key or None
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self._key:
+            self._headers["Authorization"] = f"Bearer {self._key}"
+        self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+        self.rng = rng or random.Random()
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient(model={self.spec.model!r}, urls={[e.shown for e in self.pool.endpoints]})"
+
+    async def call(self, call: LLMCall, key: Hashable | None = None) -> Reply:
+        """The reply to an agent's LLMCall; ``key`` (the row id) makes its calls sticky."""
+        sim = {"text": call.sim_text, "tokens": call.sim_tokens, "seed": call.seed_key} if self.spec.sim_hints \
+            else None
+        return await self.chat(call.messages, params=call.params, key=key, sim=sim,
+                               prompt_tokens=call.prompt_tokens)
+
+    async def chat(self, messages: list[dict], *, params: Mapping | None = None, key: Hashable | None = None,
+                   sim: dict | None = None, prompt_tokens: int | None = None) -> Reply:
+        """One chat completion (POST /chat/completions)."""
+        body = {"model": self.spec.name, "messages": messages, **(params or self.spec.params)}
+        return await self._complete("/chat/completions", body, key, sim, prompt_tokens, chat=True)
+
+    async def completion(self, prompt: str, *, params: Mapping | None = None, key: Hashable | None = None,
+                         sim: dict | None = None, prompt_tokens: int | None = None) -> Reply:
+        """One text completion (POST /completions)."""
+        body = {"model": self.spec.name, "prompt": prompt, **(params or self.spec.params)}
+        return await self._complete("/completions", body, key, sim, prompt_tokens, chat=False)
+
+    def snapshot(self) -> dict:
+        """Counters and per-endpoint state, safe to log."""
+        return {**self.stats.as_dict(), "endpoints": self.pool.snapshot()}
+
+    # -- internals ----------------------------------------------------------------------------------
+    async def _complete(self, path: str, body: dict, key: Hashable | None, sim: dict | None,
+                        prompt_tokens: int | None, *, chat: bool) -> Reply:
+        if sim is not None:
+            body["mx_sim"] = sim
+        if body.get("stream"):
+            body.setdefault("stream_options", {"include_usage": True})
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        st = self.stats
+        st.calls += 1
+        tried: list[Endpoint] = []
+        last = "no attempt"
+        attempts = self.spec.retries + 1
+        for attempt in range(attempts):
+            ep = self.pool.pick(key, tried if len(tried) < len(self.pool) else ())
+            self.pool.begin(ep)
+            st.attempts += 1
+            try:
+                reply = await self._attempt(ep, path, data, chat, prompt_tokens)
+            except _Retry as e:
+                self.pool.end(ep, None if e.breaker is None else False)
+                last = f"{e.detail} from {ep.shown}"
+                kind = e.detail.split(":", 1)[0]
+                st.errors[kind] = st.errors.get(kind, 0) + 1
+                if ep not in tried:
+                    tried.append(ep)
+                if attempt + 1 < attempts:
+                    await self._sleep(attempt, e.retry_after)
+                continue
+            except _Final as e:
+                self.pool.end(ep, True)          # the server answered: it is healthy
+                st.failed += 1
+                kind = str(e).split(":", 1)[0]
+                st.errors[kind] = st.errors.get(kind, 0) + 1
+                raise ModelCallError(self._clean(f"model {self.spec.model!r}: {e} from {ep.shown} "
+                                                 f"(not retried)"), attempt + 1, False) from None
+            self.pool.end(ep, True)
+            st.ok += 1
+            return reply
+        st.failed += 1
+        raise ModelCallError(self._clean(f"model {self.spec.model!r}: {attempts} attempt"
+                                         f"{'s' * (attempts != 1)} failed; last: {last}"), attempts, True)
+
+    async def _sleep(self, attempt: int, retry_after: float | None) -> None:
+        st = self.stats
+        st.retries += 1
+        if retry_after is not None:
+            delay = retry_after
+            st.retry_after += 1
+        else:   # exponential backoff, "equal jitter": half fixed, half random
+            cap = min(self.spec.max_backoff_s, self.spec.backoff_s * (2 ** attempt))
+            delay = cap / 2 + self.rng.uniform(0, cap / 2)
+        if len(st.sleeps) >= 1000:
+            del st.sleeps[:500]
+        st.sleeps.append(delay)
+        await asyncio.sleep(delay)
+
+    async def _attempt(self, ep: Endpoint, path: str, data: bytes, chat: bool,
+                       prompt_tokens: int | None) -> Reply:
+        session = shared_session()
+        try:
+            async with session.post(ep.url + path, data=data, headers=self._headers,
+                                    timeout=self._timeout) as resp:
+                status = resp.status
+                if status >= 400:
+                    text = await resp.text(errors="replace")
+                    err = _error_message(text)
+                    if status >= 500 or status in RETRY_STATUS:
+                        raise _Retry(f"HTTP {status}: {err}", breaker=None if status < 500 else False,
+                                     retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+                    raise _Final(f"HTTP {status}: {err}")
+                if resp.content_type == "text/event-stream":
+                    text, usage = await _read_stream(resp, chat)
+                else:
+                    text, usage = _parse_reply(await resp.read(), chat)
+        except (_Retry, _Final):
+            raise
+        except asyncio.TimeoutError:
+            raise _Retry(f"timeout: no reply within {self.spec.timeout_s:g}s", breaker=False) from None
+        except aiohttp.ClientPayloadError as e:
+            raise _Retry(f"broken reply: {e}", breaker=False) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise _Retry(f"connection error: {type(e).__name__}: {e}", breaker=False) from None
+        except ValueError as e:
+            raise _Retry(f"bad reply: {e}", breaker=False) from None
+        ptok = usage.get("prompt_tokens") if usage else None
+        ctok = usage.get("completion_tokens") if usage else None
+        if not isinstance(ptok, int):
+            ptok = prompt_tokens if prompt_tokens is not None else 0
+        if not isinstance(ctok, int):
+            ctok = max(1, len(text) // 4) if text else 0
+        return Reply(text, ptok, ctok)
+
+    def _clean(self, s: str) -> str:
+        """``s`` without the API key, whatever a server echoed."""
+        return s.replace(self._key, "***") if self._key else s
+
+
+def _error_message(text: str) -> str:
+    """The message of an OpenAI-style error body, else the body's start."""
+    try:
+        err = json.loads(text).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return str(msg)[:300]
+    except (ValueError, AttributeError):
+        pass
+    return text.strip()[:300] or "(empty body)"
+
+
+def _parse_reply(raw: bytes, chat: bool) -> tuple[str, dict | None]:
+    """(text, usage) of a JSON completion reply; ValueError when it has no choice."""
+    d = json.loads(raw)
+    try:
+        choice = d["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"no choices[0].{'message.content' if chat else 'text'} in the reply") from None
+    usage = d.get("usage")
+    return ("" if text is None else str(text)), (usage if isinstance(usage, dict) else None)
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, chat: bool) -> tuple[str, dict | None]:
+    """(text, usage) of a server-sent-events completion stream (``data: {...}`` ... ``data: [DONE]``)."""
+    parts: list[str] = []
+    usage = None
+    done = False
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            done = True
+            break
+        d = json.loads(payload)
+        if not isinstance(d, dict):
+            continue
+        if isinstance(d.get("usage"), dict):
+            usage = d["usage"]
+        if "error" in d:
+            raise ValueError(f"error in stream: {_error_message(payload.decode(errors='replace'))}")
+        for ch in d.get("choices") or ():
+            piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+            if piece:
+                parts.append(piece)
+    if not done:
+        raise ValueError("the stream ended without data: [DONE]")
+    return "".join(parts), usage
