@@ -30,7 +30,10 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -406,3 +409,65 @@ async def serve_forever(cfg: SimServerConfig, ready=None) -> None:
         await asyncio.Event().wait()
     finally:
         await server.stop()
+
+
+class SimServerProcess:
+    """``mxc sim-server`` in a subprocess on 127.0.0.1 (tests, benchmarks): ``url`` once started.
+
+    ``with SimServerProcess(["--seed", "3"]) as srv: ...`` starts it on a free port and stops it after."""
+
+    def __init__(self, args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 start_timeout_s: float = 60.0) -> None:
+        self.args, self.env, self.start_timeout_s = list(args), env, start_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.banner = ""
+
+    @property
+    def url(self) -> str:
+        """The base URL (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> SimServerProcess:
+        cmd = [sys.executable, "-m", "matrixlang", "sim-server", "--host", "127.0.0.1", "--port", "0", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=self.env)
+        line = self.proc.stdout.readline()   # type: ignore[union-attr]
+        m = re.search(r"listening on http://[^:]+:(\d+)/v1", line)
+        if not m:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=self.start_timeout_s)
+            raise RuntimeError(f"mxc sim-server did not start: {line.strip()} {err.strip()}")
+        self.banner, self.port = line.strip(), int(m.group(1))
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as ``{"name{labels}": value}``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def stop(self) -> str:
+        """Stop the server (SIGTERM, then SIGKILL); returns what it wrote to stderr."""
+        if self.proc is None:
+            return ""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.proc = None
+        return err or ""
+
+    def __enter__(self) -> SimServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import signal
 import sys
@@ -94,10 +95,8 @@ def run(args) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await serve_forever(cfg, ready)
-        except asyncio.CancelledError:
-            pass
 
     try:
         asyncio.run(main())
