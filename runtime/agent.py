@@ -86,7 +86,7 @@ class AgentActor:
         self._outbox: Outbox | None = None
         self._waiting: dict[int, asyncio.Future] = {}
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
-        self._next_req = 0
+        self._next_req = int.from_bytes(os.urandom(5), "big") << 24   # distinct per incarnation
         self._reroutes: dict[int, int] = {}
         self.calls = 0
         self.errors = 0

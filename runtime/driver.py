@@ -242,10 +242,11 @@ class Driver:
             await asyncio.sleep(self.cfg.ping_s)
             now = await self._ping_all()
             changed = [n for n, inc in now.items() if inc != self.incarnations.get(n)]
-            if changed:
-                self.res.deaths += sum(1 for n in changed if self.incarnations.get(n) != "?")
-                self.incarnations.update({n: i for n, i in now.items() if i != "?"})
-                await self._notify_restarts([n for n in changed if now[n] != "?"])
+            restarted = [n for n in changed if now[n] != "?"]     # a new incarnation answered
+            if restarted:
+                self.res.deaths += len(restarted)
+                self.incarnations.update({n: now[n] for n in restarted})
+                await self._notify_restarts(restarted)
             idle = time.monotonic() - self.last_progress > self.cfg.idle_scan_s
             if self.inflight and (changed or idle):
                 await self._scan()

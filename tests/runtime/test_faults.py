@@ -1,0 +1,108 @@
+"""Killing actors mid-run on real Ray: no row is lost, none is written twice."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import ir_fixtures as F
+import pytest
+import ray
+from matrixlang.runtime.run import RunOptions, run
+
+pytestmark = pytest.mark.ray
+
+
+def slow_student() -> dict:
+    """teacher (fast model) -> student (a model taking 2 s per call) -> end: rows wait at the student."""
+    ir = copy.deepcopy(F.coral())
+    ir["models"]["slow"] = copy.deepcopy(ir["models"]["llm"])
+    ir["models"]["slow"]["sim"].update(ttft_s=2.0, per_token_s=0.0)
+    ir["agents"]["student"]["model"] = "slow"
+    ir["states"]["student"]["transitions"] = [F.tr("end")]
+    return F.finish(ir)
+
+
+def start_run(tmp_path: Path, ir: dict, n: int, run_id: str, **kw) -> tuple[threading.Thread, dict, Path]:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"r{i}", "question": f"q {i}", "choices": ["a", "b"]}) + "\n"
+                           for i in range(n)))
+    out = tmp_path / "out.jsonl"
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["summary"] = run(ir, RunOptions(input=str(inp), output=str(out), backend="sim",
+                                                   progress="off", print_summary=False, run_id=run_id, **kw))
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result, out
+
+
+def wait_for(cond, what: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def kill_when_holding(name: str, at_least: int, result: dict) -> set:
+    """Kill (Ray restarts it) the named agent once it holds ``at_least`` rows; returns the rows it held."""
+    def lookup():
+        try:
+            return ray.get_actor(name)
+        except ValueError:     # not created yet
+            return None
+
+    wait_for(lambda: lookup() is not None or "error" in result, f"actor {name}")
+    agent = lookup()
+    wait_for(lambda: len(ray.get(agent.held_ids.remote())) >= at_least or "error" in result, "held rows")
+    held = set(ray.get(agent.held_ids.remote()))
+    ray.kill(agent, no_restart=False)       # a crash: its rows are gone
+    return held
+
+
+def test_killing_an_agent_mid_run_loses_no_row_and_doubles_none(ray_local, tmp_path):
+    n = 30
+    t, result, out = start_run(tmp_path, slow_student(), n, "faults1", max_in_flight=n, idle_scan_s=2.0)
+    held = kill_when_holding("mx-faults1:agent:student:0", 20, result)
+    t.join(timeout=300)
+    assert not t.is_alive(), "the run did not finish"
+    assert "error" not in result, result.get("error")
+    rows = {r["_meta"]["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert out.read_text().count("\n") == n                        # no line written twice
+    assert sorted(rows) == sorted(f"r{i}" for i in range(n))       # every row
+    assert {r["_meta"]["status"] for r in rows.values()} == {"ok"}
+    rerun = {k for k, r in rows.items() if r["_meta"]["attempt"] == 1}
+    assert held <= rerun                  # the rows in the dead actor were re-run from the start
+    assert all(rows[k]["_meta"]["steps"] == 2 for k in rerun)
+    s = result["summary"]
+    assert s["readmitted"] >= len(held) and s["actor_restarts"] >= 1 and s["lost"] == 0
+
+
+def test_a_row_lost_more_than_row_attempts_times_is_written_as_error(ray_local, tmp_path):
+    ir = slow_student()
+    ir["limits"]["row_attempts"] = 0             # no re-run allowed: a lost row is written as error
+    ir = F.finish(ir)
+    t, result, out = start_run(tmp_path, ir, 12, "faults2", max_in_flight=12, idle_scan_s=2.0)
+    held = kill_when_holding("mx-faults2:agent:student:0", 8, result)
+    t.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    rows = {r["_meta"]["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(rows) == sorted(f"r{i}" for i in range(12))
+    errors = {k for k, r in rows.items() if r["_meta"]["status"] == "error"}
+    assert held <= errors
+    assert {(rows[k]["_meta"]["reason"], rows[k]["answer"]) for k in errors} == {("lost", None)}
+    assert "row_attempts = 0" in rows[next(iter(errors))]["_meta"]["detail"]
+    assert result["summary"]["lost"] == len(errors)
