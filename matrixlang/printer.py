@@ -144,7 +144,8 @@ def expr(e: n.Expr, indent: str | None = None, source: str | None = None) -> str
     if isinstance(e, n.Unary):
         if e.op == "not":
             return f"not {_wrap(e.arg, _PREC['not'], indent, source)}"
-        return f"-{_wrap(e.arg, _PREC['neg'], indent, source)}"
+        arg = _wrap(e.arg, _PREC["neg"], indent, source)
+        return f"-({arg})" if arg.startswith("-") else f"-{arg}"  # `-(-x)`, not `--x`
     if isinstance(e, n.BoolOp):
         p = _PREC[e.op]
         return f" {e.op} ".join(f"({expr(a, indent, source)})" if isinstance(a, n.BoolOp) else

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from matrixlang import nodes as n
 from matrixlang.cli import main
-from matrixlang.commands import fmt as _fmt_command  # noqa: F401  (imported before capsys swaps sys.stderr:
 
-# commands/common.py binds `sys.stderr` as a default argument at import time)
+# Imported before capsys swaps sys.stderr: commands/common.py binds it as a default argument.
+from matrixlang.commands import fmt as _fmt_command  # noqa: F401
 from matrixlang.compiler import compile_source, dumps
 from matrixlang.diagnostics import Diagnostics
 from matrixlang.errors import MxError
@@ -330,6 +330,36 @@ def test_values_that_need_care() -> None:
     assert_preserved(src, out)
     assert format_text("") == ""
     assert format_text("# only a comment\n\n\n# and another") == "# only a comment\n\n# and another\n"
+
+
+_HEAD = 'workflow x\ninput { id: str }\nmodel m { backend = "sim" }\n'
+_TAIL = "flow { start -> a  a -> end }\noutput { id = row.id }\n"
+EDGE_CASES = [  # (source, a piece of the expected output)
+    ('workflow x\ninput # c1\n { # c2\n id: str }\nmodel # c3\n m # c4\n { backend = "sim" }\n'
+     "agent a { model = m }\n" + _TAIL, '# c3\n# c4\nmodel m {\n  backend = "sim"\n}\n'),
+    ("workflow x\ninput {}\nlimits {\n}\nmodel m { backend = \"sim\" }\nagent a { model = m  params {} }\n"
+     "flow {\n  # nothing yet\n  start -> a\n  a -> end\n}\noutput {\n}\n", "agent a { model = m  params {} }"),
+    (_HEAD + 'agent a {\n  model = m\n  extract v = regex(r"""\n     (\\d+)\n       x""")\n}\n'
+     'flow { start -> a  a -> end when a.text in ["""\n  one\n  two""", "b"] }\noutput { id = row.id  v = a.v }\n',
+     '  a -> end when a.text in ["""\n    one\n    two\n  """, "b"]\n'),
+    (_HEAD + 'agent a {\n  model = m\n  system = """\n\n   a  \n\n     b\n\n"""\n}\n' + _TAIL,
+     '  system = """\n\n    a  \n\n      b\n\n  """\n'),
+    (_HEAD + 'agent a {\n  model = m\n  system = """\\ta\n\\tb"""\n  sim = """say \\"x\\" ok"""\n}\n' + _TAIL,
+     '  system = """\n    \\ta\n    \\tb\n  """\n  sim = """say \\"x\\" ok"""\n'),
+    (_HEAD + "agent a { model = m }\nflow { start -> a  a -> end when not not (turns > 1) and -(-turns) < 3 and "
+     '(turns - (1 - 2)) > 0 and "x" not in [last.agent] }\noutput { id = row.id  h = history[-1].text }\n',
+     "when not not turns > 1 and -(-turns) < 3 and turns - (1 - 2) > 0\n"),
+    ('workflow x """\n   Describe\n     me\n"""  # trailing\n' + _HEAD[11:] + "agent a { model = m }\n" + _TAIL,
+     'workflow x """\n  Describe\n    me\n"""  # trailing\n'),
+    (_HEAD + "agent a { model = m }\n" + _TAIL.rstrip("\n") + " # no newline", "output { id = row.id }  # no newline\n"),
+]
+
+
+@pytest.mark.parametrize("source, piece", EDGE_CASES, ids=range(len(EDGE_CASES)))
+def test_edge_cases(source: str, piece: str) -> None:
+    out = format_text(source)
+    assert piece in out
+    assert_preserved(source, out)
 
 
 def test_syntax_errors_are_not_formatted() -> None:
