@@ -10,6 +10,7 @@ ToolService actor (`ray.get(svc.run.remote(...))`, one call at a time) on a loca
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def main() -> None:
             assert res["stdout"] == "1\n", res
 
         rows.append(("ToolService actor round trip", via_actor))
-    print(f"{'what':34} {'median ms':>10} {'p95 ms':>10}   (n={args.n})")
+    print(f"{'what':34} {'median ms':>10} {'p95 ms':>10}   (n={args.n}, load average {os.getloadavg()[0]:.1f})")
     for name, fn in rows:
         med, p95 = measure(fn, args.n)
         print(f"{name:34} {med:10.1f} {p95:10.1f}")
