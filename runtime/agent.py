@@ -342,7 +342,7 @@ class AgentActor:
         """Calls, call latencies (seconds), errors, transport counters, bytes per hop."""
         return {"role": self.role, "index": self.index, "calls": self.calls, "errors": self.errors,
                 "latencies": list(self.latencies), "held": len(self.held), "dropped": self.dropped,
-                "hops": self.hops, "hop_bytes": self.hop_bytes,
+                "hops": self.hops, "hop_bytes": self.hop_bytes, "node": actor_info()[2],
                 "outbox": self._outbox.stats.as_dict() if self._outbox else None}
 
     def ping(self) -> tuple[str, int, str]:

@@ -264,4 +264,5 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
         "sink": sink_stats, "torn_bytes_cut": cut,
         "wall_s": time.time() - t_start, "pid": os.getpid(),
         "services": {k: v for k, v in stats.items() if ":sim:" in k},
+        "nodes": {k: v["node"] for k, v in stats.items() if isinstance(v, dict) and "node" in v},
     }

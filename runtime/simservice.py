@@ -96,7 +96,7 @@ class SimService:
                       "replicas": cap.replicas, "max_concurrency": cap.max_concurrency}
                   for m, cap in self.caps.items()}
         return {"models": models, "outbox": self._outbox.stats.as_dict() if self._outbox else None,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node": actor_info()[2]}
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

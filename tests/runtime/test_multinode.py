@@ -1,0 +1,68 @@
+"""A run on a real multi-node Ray cluster (``ray.cluster_utils.Cluster``: three raylets on this machine).
+
+The cluster runs in a subprocess, so that it does not share the session's Ray. Agents are spread over
+the nodes, offloaded history texts cross nodes through the object store, and every row comes out once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+SCRIPT = textwrap.dedent("""
+    import copy, json, sys
+    sys.path.insert(0, sys.argv[1])
+    import ir_fixtures as F
+    import ray
+    from ray.cluster_utils import Cluster
+    from matrixlang.runtime.run import RunOptions, run
+
+    tmp = sys.argv[2]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 80 * 2**20, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    cluster.wait_for_nodes()
+    ir = copy.deepcopy(F.coral())
+    ir["models"]["llm"]["sim"]["tokens"] = [150, 250]      # ~1 KB replies: offloaded
+    ir["agents"]["student"]["sim"] = None                   # filler: no agreement, 20 turns
+    with open(f"{tmp}/in.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": f"m{i}", "question": "q", "choices": ["a", "b"]}) + "\\n")
+    summary = run(F.finish(ir), RunOptions(
+        input=f"{tmp}/in.jsonl", output=f"{tmp}/out.jsonl", backend="sim", address=cluster.address,
+        replicas={"teacher": 3, "student": 3}, max_in_flight=16, progress="off", print_summary=False))
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    ray.shutdown()
+    cluster.shutdown()
+    print("RESULT " + json.dumps({"summary": summary, "cluster_nodes": sorted(nodes)}))
+""")
+
+
+def test_run_on_a_three_node_cluster(tmp_path):
+    script = tmp_path / "multinode.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    summary = result["summary"]
+    assert len(result["cluster_nodes"]) == 3
+    agent_nodes = {node for name, node in summary["nodes"].items() if ":agent:" in name}
+    assert len(agent_nodes) >= 2                    # the six agent replicas are spread over nodes
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    ids = [r["_meta"]["id"] for r in rows]
+    assert sorted(ids) == sorted(f"m{i}" for i in range(40))
+    assert all(r["_meta"]["steps"] == len(r["transcript"]) for r in rows)
+    assert all(len(r["transcript"][-1]["text"]) > 512 for r in rows if r["transcript"])
+    assert summary["offload"]["freed"] > 0 and summary["offload"]["still_held"] == 0
+    calls = {name: s["calls"] for name, s in summary["agents"].items()}
+    assert calls["teacher"] + calls["student"] == summary["steps"]
