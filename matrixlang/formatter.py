@@ -152,8 +152,9 @@ class _Layout:
         tail: list[n.Comment] = []
         for c in comments:
             line_start = self.text.rfind("\n", 0, c.span.start) + 1
-            if self.text[line_start : c.span.start].strip():
-                u = self.units[bisect.bisect_left(starts, c.span.start) - 1]
+            before = bisect.bisect_left(starts, c.span.start) - 1  # the last unit starting before c
+            if self.text[line_start : c.span.start].strip() and before >= 0:
+                u = self.units[before]
                 if u.end <= c.span.start and u.trailing is None:
                     u.trailing = c
                 else:
