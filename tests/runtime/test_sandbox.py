@@ -200,42 +200,47 @@ def test_background_processes_die_with_the_snippet() -> None:
     assert wait_no_processes(uid) == []
 
 
-def sandbox_uids() -> set[int]:
-    """Per-run sandbox uids that have running processes."""
-    uids = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
+def named_processes(name: str) -> list[int]:
+    """Host pids whose command name (/proc/PID/comm) is `name`."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
             try:
-                with open(f"/proc/{name}/status") as fh:
-                    uid = int(next(ln for ln in fh if ln.startswith("Uid:")).split()[1])
-            except (OSError, StopIteration):
+                with open(f"/proc/{pid}/comm") as fh:
+                    if fh.read().strip() == name:
+                        pids.append(int(pid))
+            except OSError:
                 continue
-            if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN:
-                uids.add(uid)
-    return uids
+    return pids
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="finding a run's processes needs its per-run uid (root)")
+def marked_sleeper(marker: str) -> str:
+    """A snippet that renames itself `marker`, forks, and sleeps in both processes."""
+    return f"import os, time\nopen('/proc/self/comm', 'w').write({marker!r})\nos.fork()\ntime.sleep(60)\n"
+
+
+def wait_for(pred, limit_s: float = 120.0) -> bool:
+    """Poll `pred` until true or `limit_s` passed (a bound for slow machines, not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_the_jail_dies_with_its_caller() -> None:
     """SIGKILL the process that called run_python: the snippet and its children die too."""
-    before = sandbox_uids()
-    caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        from matrixlang.runtime.sandbox import run_python
-        run_python("import os, time\\nos.fork()\\ntime.sleep(60)", {"timeout_s": 120})
-    """)])
+    marker = "mx" + secrets.token_hex(6)
+    caller = subprocess.Popen([sys.executable, "-c", (
+        "from matrixlang.runtime.sandbox import run_python\n"
+        f"run_python({marked_sleeper(marker)!r}, {{'timeout_s': 120}})")])
     try:
-        jailed: set[int] = set()
-        deadline = time.monotonic() + 120  # a bound for slow machines, not a timing assertion
-        while time.monotonic() < deadline:
-            jailed = sandbox_uids() - before
-            if jailed and len(uid_processes(next(iter(jailed)))) == 2:
-                break
-            time.sleep(0.05)
-        assert len(jailed) == 1 and len(uid_processes(next(iter(jailed)))) == 2
+        assert wait_for(lambda: len(named_processes(marker)) == 2)
     finally:
         caller.kill()
         caller.wait()
-    assert wait_no_processes(next(iter(jailed))) == []
+    assert wait_for(lambda: not named_processes(marker), 30.0)
 
 
 @pytest.fixture()

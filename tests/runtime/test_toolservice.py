@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 
 import pytest
-from matrixlang.runtime.sandbox import UID_BASE, UID_SPAN
 from matrixlang.runtime.toolservice import ToolPool, ToolService, start_tool_services
 
 SPEC = {"kind": "python", "timeout_s": 20.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
@@ -16,19 +16,28 @@ SPEC = {"kind": "python", "timeout_s": 20.0, "memory_bytes": 256 << 20, "cpu_s":
 pytestmark = pytest.mark.ray
 
 
-def sandbox_uids() -> set[int]:
-    """Real uids of running processes that are per-run sandbox uids (the jail drops to them as root)."""
-    uids = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
+def named_processes(name: str) -> list[int]:
+    """Host pids whose command name (/proc/PID/comm) is `name`."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
             try:
-                with open(f"/proc/{name}/status") as fh:
-                    uid = int(next(ln for ln in fh if ln.startswith("Uid:")).split()[1])
-            except (OSError, StopIteration):
+                with open(f"/proc/{pid}/comm") as fh:
+                    if fh.read().strip() == name:
+                        pids.append(int(pid))
+            except OSError:
                 continue
-            if UID_BASE <= uid < UID_BASE + UID_SPAN:
-                uids.add(uid)
-    return uids
+    return pids
+
+
+def wait_for(pred, limit_s: float = 120.0) -> bool:
+    """Poll `pred` until true or `limit_s` passed (a bound for slow machines, not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_run_returns_the_result_and_the_agent_text(ray_local) -> None:
@@ -71,22 +80,14 @@ def test_event_loop_stays_free_while_snippets_run(ray_local) -> None:
     ray_local.kill(svc)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="finding a run's processes needs its per-run uid (root)")
 def test_a_dying_actor_takes_its_sandboxes_with_it(ray_local) -> None:
     svc = ToolService.remote()
-    before = sandbox_uids()
-    ref = svc.run.remote("sandbox", SPEC, "import os, time\nos.fork()\ntime.sleep(30)")
-    jailed: set[int] = set()
-    deadline = time.monotonic() + 120  # bounds for slow machines, not timing assertions
-    while not jailed and time.monotonic() < deadline:  # until the snippet runs, under its per-run uid
-        jailed = sandbox_uids() - before
-        time.sleep(0.05)
-    assert jailed
+    marker = "mx" + secrets.token_hex(6)
+    code = f"import os, time\nopen('/proc/self/comm', 'w').write({marker!r})\nos.fork()\ntime.sleep(60)\n"
+    ref = svc.run.remote("sandbox", {**SPEC, "timeout_s": 120}, code)
+    assert wait_for(lambda: len(named_processes(marker)) == 2)  # the snippet and its child run
     ray_local.kill(svc)  # the actor dies mid-run: its sandbox must not outlive it
-    deadline = time.monotonic() + 30
-    while jailed & sandbox_uids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not jailed & sandbox_uids()
+    assert wait_for(lambda: not named_processes(marker), 30.0)
     with pytest.raises(ray_local.exceptions.RayActorError):
         ray_local.get(ref)
 
