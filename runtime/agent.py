@@ -21,7 +21,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 
@@ -47,6 +47,7 @@ class AgentConfig:
     measure_bytes: bool = False
     call_retries: int = 3
     call_timeout_s: float = 120.0
+    openai: dict = field(default_factory=dict)   # model → openai_client.OpenAIModel (resolved by the driver)
 
 
 def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, str, dict]:
@@ -84,7 +85,10 @@ class AgentActor:
         self.held: Counter = Counter()            # row key -> copies held (processing or unacked)
         self.sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
         self._outbox: Outbox | None = None
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, asyncio.Future] = {}      # req_id -> reply future
+        self._deadlines: dict[int, float] = {}              # req_id -> monotonic deadline
+        self._sweeper: asyncio.Task | None = None
+        self._clients: dict = {}                            # model → OpenAIClient
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
         self._next_req = int.from_bytes(os.urandom(5), "big") << 24   # distinct per incarnation
         self._reroutes: dict[int, int] = {}
@@ -118,6 +122,7 @@ class AgentActor:
     async def replies(self, batch: list[tuple]) -> int:
         """Model replies from the sim service: ``(req_id, text, prompt_tokens, completion_tokens)``."""
         for req_id, text, ptok, ctok in batch:
+            self._deadlines.pop(req_id, None)
             fut = self._waiting.pop(req_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(Reply(text, ptok, ctok))
@@ -148,7 +153,12 @@ class AgentActor:
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
             return await self._finish(msg, texts)
         t0 = time.perf_counter()
-        if isinstance(call, LLMCall):
+        if isinstance(call, LLMCall) and call.model in self.cfg.openai:
+            reply, err = await self._call_openai(call, row_key(msg.id))
+            if reply is None:
+                eng.fail(msg, "error", "model_error", err, time.time())
+                return await self._finish(msg, texts)
+        elif isinstance(call, LLMCall):
             reply = await self._call_model(call)
             if reply is None:
                 eng.fail(msg, "error", "model_error",
@@ -179,20 +189,18 @@ class AgentActor:
     async def _call_model(self, call: LLMCall) -> Reply | None:
         """One model call through the sim service, retried on timeout; None after the last retry."""
         sims = self.topo.sims_of(call.model)
-        loop = asyncio.get_running_loop()
         for _ in range(self.retries + 1):
             req_id = self._next_req
             self._next_req += 1
-            fut = self._waiting[req_id] = loop.create_future()
+            fut = self._expect(req_id, self.timeout_s)
             dest = pick_two(sims, lambda n: self.outbox.load(("sim", n)), self.rng)
             req = (self.name, req_id, call.model, call.sim_text, call.sim_tokens, call.prompt_tokens,
                    call.seed_key)
             self._requests[req_id] = (dest, req)
             self.outbox.send(("sim", dest), self.handles.get(dest), req, method="submit")
             try:
-                return await asyncio.wait_for(fut, self.timeout_s)
+                return await fut
             except (asyncio.TimeoutError, ray.exceptions.RayActorError):
-                self._waiting.pop(req_id, None)
                 self.errors += 1
             finally:
                 self._requests.pop(req_id, None)
@@ -202,17 +210,40 @@ class AgentActor:
         """Have the sink put ``text`` in the object store (it owns the object); its ref, or None."""
         req_id = self._next_req
         self._next_req += 1
-        fut = self._waiting[req_id] = asyncio.get_running_loop().create_future()
+        fut = self._expect(req_id, 30.0)
         self.outbox.send(("offload",), self._sink(), (self.name, req_id, key, text), method="offload")
         try:
-            return await asyncio.wait_for(fut, 30.0)
+            return await fut
         except (asyncio.TimeoutError, ray.exceptions.RayActorError):
-            self._waiting.pop(req_id, None)
             return None       # keep the text inline
+
+    def _expect(self, req_id: int, timeout_s: float) -> asyncio.Future:
+        """A future for the reply to ``req_id``, failed with TimeoutError after ``timeout_s``.
+
+        One sweeper task enforces every deadline (cheaper than a timer task per call).
+        """
+        loop = asyncio.get_running_loop()
+        fut = self._waiting[req_id] = loop.create_future()
+        self._deadlines[req_id] = time.monotonic() + timeout_s
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return fut
+
+    async def _sweep(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            expired = [r for r, d in self._deadlines.items() if d <= now]
+            for req_id in expired:
+                self._deadlines.pop(req_id, None)
+                fut = self._waiting.pop(req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(asyncio.TimeoutError())
 
     async def offloaded(self, batch: list[tuple[int, list]]) -> int:
         """References of offloaded texts from the sink: ``(req_id, [ObjectRef])``."""
         for req_id, refs in batch:
+            self._deadlines.pop(req_id, None)
             fut = self._waiting.pop(req_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(refs[0])
@@ -226,6 +257,19 @@ class AgentActor:
                 self.outbox.send(("sim", dest), self.handles.get(dest), req, method="submit")
                 n += 1
         return n
+
+    async def _call_openai(self, call: LLMCall, key: Hashable) -> tuple[Reply | None, str]:
+        """One call to an OpenAI-compatible server (retries, routing and stickiness are the client's)."""
+        from .openai_client import ModelCallError, OpenAIClient
+
+        client = self._clients.get(call.model)
+        if client is None:
+            client = self._clients[call.model] = OpenAIClient(self.cfg.openai[call.model])
+        try:
+            return await client.call(call, key), ""
+        except ModelCallError as e:
+            self.errors += 1
+            return None, f"model {call.model!r}: {e.detail}"
 
     async def _call_tool(self, call) -> tuple[Reply | None, str]:
         """One tool run through the tool service; (None, detail) when it fails after retries."""
@@ -243,7 +287,9 @@ class AgentActor:
                 continue
             if res.get("error"):   # the sandbox could not run the code at all
                 return None, f"tool {call.tool!r}: {res['error']}"
-            text = res.get("stdout", "") + res.get("stderr", "")
+            text = res.get("text")
+            if text is None:
+                text = res.get("stdout", "") + res.get("stderr", "")
             return Reply(text, 0, 0, res.get("exit_code")), ""
         return None, detail
 
@@ -310,6 +356,7 @@ class AgentActor:
         kind = dest[0]
         if kind in ("sim", "offload"):
             for req in batch:
+                self._deadlines.pop(req[1], None)
                 fut = self._waiting.pop(req[1], None)   # the retry loop re-sends it
                 if fut is not None and not fut.done():
                     fut.set_exception(ray.exceptions.RayActorError())
@@ -343,6 +390,7 @@ class AgentActor:
         return {"role": self.role, "index": self.index, "calls": self.calls, "errors": self.errors,
                 "latencies": list(self.latencies), "held": len(self.held), "dropped": self.dropped,
                 "hops": self.hops, "hop_bytes": self.hop_bytes, "node": actor_info()[2],
+                "clients": {m: c.snapshot() for m, c in self._clients.items()},
                 "outbox": self._outbox.stats.as_dict() if self._outbox else None}
 
     def ping(self) -> tuple[str, int, str]:
