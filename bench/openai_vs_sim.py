@@ -63,8 +63,8 @@ output { id = row.id  last = b.text  said = a.text }
 """
 
 
-def compile_workflow(args) -> dict:
-    src = (WORKFLOW.replace("TOKENS", args.tokens).replace("TTFT", args.ttft).replace("PER_TOKEN", args.per_token)
+def compile_workflow(args, ttft: str, per_token: str) -> dict:
+    src = (WORKFLOW.replace("TOKENS", args.tokens).replace("TTFT", ttft).replace("PER_TOKEN", per_token)
            .replace("MAXCONC", str(args.max_concurrency)).replace("STEPS", str(args.steps)))
     an = check(Source("<bench>", src))
     errors = [d for d in an.diags.sorted() if d.is_error]
@@ -126,8 +126,8 @@ def _outputs(path: Path) -> dict:
     return rows
 
 
-def throughput(args) -> dict:
-    ir = compile_workflow(args)
+def throughput(args, ttft: str, per_token: str) -> dict:
+    ir = compile_workflow(args, ttft, per_token)
     sim = ir["models"]["llm"]["sim"]
     tmp = Path(tempfile.mkdtemp(prefix="mx-bench-"))
     inp = tmp / "rows.jsonl"
@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per row")
     p.add_argument("--calls", type=int, default=3000, help="calls per history size (client CPU)")
     p.add_argument("--tokens", default="20..60")
-    p.add_argument("--ttft", default="50ms")
-    p.add_argument("--per-token", default="5ms")
+    p.add_argument("--latency", action="append", metavar="TTFT/PER_TOKEN",
+                   help="simulated latencies, repeatable (default: 50ms/5ms, capacity-bound, and 0ms/0ms, "
+                        "where the runtime and the HTTP path are the bottleneck)")
     p.add_argument("--max-concurrency", type=int, default=128)
     p.add_argument("--max-in-flight", type=int, default=256)
     p.add_argument("--skip-cpu", action="store_true")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_cpu:
         out["client_cpu"] = client_cpu(args)
     if not args.skip_throughput:
-        out["throughput"] = throughput(args)
+        out["throughput"] = [throughput(args, *lat.split("/")) for lat in args.latency or ["50ms/5ms", "0ms/0ms"]]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

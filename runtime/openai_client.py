@@ -15,8 +15,9 @@
   with reason ``model_error`` and that detail. The API key never appears in errors, stats or logs.
 - Simulator hints: for a model whose every endpoint is an ``mxc sim-server`` (it lists its models as
   ``owned_by: "matrixlang-sim"``, probed by ``resolve_models``), the request carries
-  ``"mx_sim": {"text", "tokens", "seed"}`` from the LLMCall, so the server replies exactly as the
-  in-cluster simulator would (docs/services.md).
+  ``"mx_sim": {"text", "tokens", "seed"}`` from the LLMCall (when the engine rendered them: the agent
+  builds its engine as under the simulator then), so the server replies exactly as the in-cluster
+  simulator would (docs/services.md).
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ class Secret:
 
 
 class ModelCallError(Exception):
-    """A model call failed for good (after retries, or with a final 4xx); ``detail`` says why."""
+    """A model call failed for good (after retries, or with a final 4xx). ``detail`` says why (the row's
+    ``_meta.detail`` is ``model 'NAME': `` + detail); ``str()`` names the model too."""
 
-    def __init__(self, detail: str, attempts: int, retryable: bool) -> None:
-        super().__init__(detail)
-        self.detail, self.attempts, self.retryable = detail, attempts, retryable
+    def __init__(self, model: str, detail: str, attempts: int, retryable: bool) -> None:
+        super().__init__(f"model {model!r}: {detail}")
+        self.model, self.detail, self.attempts, self.retryable = model, detail, attempts, retryable
+
+    def __reduce__(self):
+        return (ModelCallError, (self.model, self.detail, self.attempts, self.retryable))
 
 
 class _Retry(Exception):
@@ -265,8 +270,9 @@ class OpenAIClient:
 
     async def call(self, call: LLMCall, key: Hashable | None = None) -> Reply:
         """The reply to an agent's LLMCall; ``key`` (the row id) makes its calls sticky."""
-        sim = {"text": call.sim_text, "tokens": call.sim_tokens, "seed": call.seed_key} if self.spec.sim_hints \
-            else None
+        sim = None
+        if self.spec.sim_hints and (call.sim_text is not None or call.sim_tokens > 0):   # the engine rendered it
+            sim = {"text": call.sim_text, "tokens": call.sim_tokens, "seed": call.seed_key}
         return await self.chat(call.messages, params=call.params, key=key, sim=sim,
                                prompt_tokens=call.prompt_tokens)
 
@@ -320,14 +326,14 @@ class OpenAIClient:
                 st.failed += 1
                 kind = str(e).split(":", 1)[0]
                 st.errors[kind] = st.errors.get(kind, 0) + 1
-                raise ModelCallError(self._clean(f"model {self.spec.model!r}: {e} from {ep.shown} "
-                                                 f"(not retried)"), attempt + 1, False) from None
+                raise ModelCallError(self.spec.model, self._clean(f"{e} from {ep.shown} (not retried)"),
+                                     attempt + 1, False) from None
             self.pool.end(ep, True)
             st.ok += 1
             return reply
         st.failed += 1
-        raise ModelCallError(self._clean(f"model {self.spec.model!r}: {attempts} attempt"
-                                         f"{'s' * (attempts != 1)} failed; last: {last}"), attempts, True)
+        raise ModelCallError(self.spec.model, self._clean(f"{attempts} attempt{'s' * (attempts != 1)} failed; "
+                                                          f"last: {last}"), attempts, True)
 
     async def _sleep(self, attempt: int, retry_after: float | None) -> None:
         st = self.stats

@@ -89,10 +89,12 @@ def test_sim_hints_reproduce_the_in_cluster_simulator():
         async with servers(tokens=(50, 60)) as (_, urls):
             hinted = OpenAIClient(spec(urls, sim_hints=True))
             plain = OpenAIClient(spec(urls))
+            unrendered = LLMCall("teacher", "llm", MSGS, {"max_tokens": 20}, None, 0, 7, "0:q-3:0")
             return (await hinted.call(call, "q-1"), await hinted.call(filler, "q-2"),
-                    await plain.call(call, "q-1"))
+                    await plain.call(call, "q-1"), await hinted.call(unrendered, "q-3"))
 
-    a, b, c = asyncio.run(main())
+    a, b, c, d = asyncio.run(main())
+    assert d.completion_tokens == 20 and d.text      # nothing rendered: no hint, the server's own reply
     assert (a.text, a.prompt_tokens, a.completion_tokens) == ("Hmm. Answer: B", 7, 11)
     assert (b.text, b.completion_tokens) == (filler_text(5, "0:q-2:0"), 5)
     assert c.text != a.text and c.completion_tokens == 20      # no hints sent: the server's own reply
@@ -108,7 +110,8 @@ def test_retries_on_500_then_error_with_the_reason():
 
     err, st, n500 = asyncio.run(main())
     assert n500 == 4 and err.attempts == 4 and st.attempts == 4 and st.retries == 3
-    assert err.retryable and "4 attempts failed" in err.detail and "HTTP 500" in err.detail
+    assert err.retryable and err.detail.startswith("4 attempts failed; last: HTTP 500")
+    assert str(err) == f"model 'llm': {err.detail}" and pickle.loads(pickle.dumps(err)).detail == err.detail
     assert "injected error" in err.detail
     assert len(st.sleeps) == 3 and all(0 < s <= 0.01 for s in st.sleeps)   # backoff with jitter, capped
 
