@@ -28,7 +28,8 @@ def read_source(path: str) -> Source | None:
     return None
 
 
-def use_color(stream=sys.stderr) -> bool:
+def use_color(stream=None) -> bool:
+    stream = stream or sys.stderr
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
