@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
+import ray
+
 from .agent import output_line
 from .cluster import Handles, Topology
 from .engine import Engine
@@ -121,7 +123,11 @@ class Driver:
         try:
             self._admit()
             while not (self.exhausted and not self.inflight):
-                done = await sink.poll.remote(0.25)
+                try:
+                    done = await sink.poll.remote(0.25)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    await asyncio.sleep(0.2)     # the sink is restarting: it re-reads the output
+                    continue
                 for key, info in done:
                     self._complete(key, info)
                 if done:
@@ -271,14 +277,14 @@ class Driver:
         held = set(self.held)
         for ids in lists:
             held.update(ids)
-        cands = [k for k in self.inflight if k not in held]
-        if not cands:
-            return set()
-        written = await self.handles.get(self.topo.sink).written.remote(cands)
-        return set(cands) - set(written)
+        return {k for k in self.inflight if k not in held}
 
     async def _scan(self) -> None:
-        """Re-admit rows that no live actor holds and the sink has not written."""
+        """Re-admit rows that no live actor holds and the sink has not written.
+
+        Rows the sink has written but never reported (it restarted before the driver polled their
+        completions) are completed from the output file instead.
+        """
         self.res.scans += 1
         first = await self._candidates()
         if not first:
@@ -287,8 +293,17 @@ class Driver:
         second = await self._candidates()
         if not second:
             return
-        for key in first & second:
-            if key in self.inflight:
+        both = [k for k in first & second if k in self.inflight]
+        sink = self.handles.get(self.topo.sink)
+        try:
+            written = set(await sink.written.remote(both))
+            infos = await sink.infos.remote(list(written)) if written else []
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            return                               # the sink is restarting: scan again later
+        for key, info in infos:
+            self._complete(key, info)
+        for key in both:
+            if key in self.inflight and key not in written:
                 self._readmit(key)
 
     def _readmit(self, key: Hashable) -> None:

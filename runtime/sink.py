@@ -170,6 +170,29 @@ class Sink:
         """Which of ``keys`` are in the output."""
         return [k for k in keys if k in self._written]
 
+    def infos(self, keys: list[Hashable]) -> list[tuple[Hashable, dict]]:
+        """Completion infos of written rows, read back from the file (after a sink restart lost the
+        completions the driver had not polled yet)."""
+        want = {k for k in keys if k in self._written}
+        out = []
+        with open(self._path, "rb") as f:
+            for raw in f:
+                try:
+                    meta = json.loads(raw)["_meta"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                key = _key(meta.get("id"))
+                if key in want:
+                    want.discard(key)
+                    usage = (meta.get("usage") or {}).values()
+                    out.append((key, {
+                        "status": meta.get("status"), "reason": meta.get("reason"),
+                        "attempt": meta.get("attempt", 0), "steps": meta.get("steps", 0),
+                        "prompt_tokens": sum(u.get("prompt_tokens", 0) for u in usage),
+                        "completion_tokens": sum(u.get("completion_tokens", 0) for u in usage),
+                        "finished": (meta.get("timing") or {}).get("finished")}))
+        return out
+
     def close(self) -> dict:
         """Fsync the output. Returns counters, and the offloaded references still held and freed."""
         os.fsync(self._fd)

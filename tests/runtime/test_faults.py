@@ -106,3 +106,31 @@ def test_a_row_lost_more_than_row_attempts_times_is_written_as_error(ray_local, 
     assert {(rows[k]["_meta"]["reason"], rows[k]["answer"]) for k in errors} == {("lost", None)}
     assert "row_attempts = 0" in rows[next(iter(errors))]["_meta"]["detail"]
     assert result["summary"]["lost"] == len(errors)
+
+
+def test_killing_the_sink_and_the_sim_service_mid_run(ray_local, tmp_path):
+    n = 30
+    t, result, out = start_run(tmp_path, slow_student(), n, "faults3", max_in_flight=10, idle_scan_s=2.0)
+    wait_for(lambda: lines(out) >= 1 or "error" in result, "the first rows")
+    ray.kill(ray.get_actor("mx-faults3:sink"), no_restart=False)     # the writer restarts, re-reads the file
+    kill_when_holding("mx-faults3:agent:student:0", 5, result)       # (just to wait for busy students)
+    sims = [ray.get_actor(f"mx-faults3:sim:{i}") for i in range(2) if _exists(f"mx-faults3:sim:{i}")]
+    for sim in sims:
+        ray.kill(sim, no_restart=False)                              # queued requests are lost
+    t.join(timeout=300)
+    assert not t.is_alive(), "the run did not finish"
+    assert "error" not in result, result.get("error")
+    text = out.read_text()
+    ids = [json.loads(x)["_meta"]["id"] for x in text.splitlines()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))         # every row exactly once
+    assert {json.loads(x)["_meta"]["status"] for x in text.splitlines()} == {"ok"}
+    s = result["summary"]
+    assert s["rows"] == n and s["actor_restarts"] >= 2 and s["by_status"] == {"ok": n}
+
+
+def _exists(name: str) -> bool:
+    try:
+        ray.get_actor(name)
+        return True
+    except ValueError:
+        return False
