@@ -216,7 +216,8 @@ def shared_session() -> aiohttp.ClientSession:
             del _sessions[other]
         conn = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ttl_dns_cache=300,
                                     enable_cleanup_closed=True)
-        s = _sessions[loop] = aiohttp.ClientSession(connector=conn, trust_env=False, auto_decompress=True)
+        s = _sessions[loop] = aiohttp.ClientSession(connector=conn, trust_env=False,
+                                                    cookie_jar=aiohttp.DummyCookieJar())
     return s
 
 
@@ -309,28 +310,32 @@ class OpenAIClient:
             ep = self.pool.pick(key, tried if len(tried) < len(self.pool) else ())
             self.pool.begin(ep)
             st.attempts += 1
+            health: bool | None = None           # neutral unless the attempt says otherwise
             try:
                 reply = await self._attempt(ep, path, data, chat, prompt_tokens)
+                health = True
             except _Retry as e:
-                self.pool.end(ep, None if e.breaker is None else False)
-                last = f"{e.detail} from {ep.shown}"
-                kind = e.detail.split(":", 1)[0]
-                st.errors[kind] = st.errors.get(kind, 0) + 1
-                if ep not in tried:
-                    tried.append(ep)
-                if attempt + 1 < attempts:
-                    await self._sleep(attempt, e.retry_after)
-                continue
+                health = e.breaker
+                retry = e
             except _Final as e:
-                self.pool.end(ep, True)          # the server answered: it is healthy
+                health = True                    # the server answered: it is healthy
                 st.failed += 1
                 kind = str(e).split(":", 1)[0]
                 st.errors[kind] = st.errors.get(kind, 0) + 1
                 raise ModelCallError(self.spec.model, self._clean(f"{e} from {ep.shown} (not retried)"),
                                      attempt + 1, False) from None
-            self.pool.end(ep, True)
-            st.ok += 1
-            return reply
+            finally:                             # also when the caller is cancelled
+                self.pool.end(ep, health)
+            if health is True:
+                st.ok += 1
+                return reply
+            last = f"{retry.detail} from {ep.shown}"
+            kind = retry.detail.split(":", 1)[0]
+            st.errors[kind] = st.errors.get(kind, 0) + 1
+            if ep not in tried:
+                tried.append(ep)
+            if attempt + 1 < attempts:
+                await self._sleep(attempt, retry.retry_after)
         st.failed += 1
         raise ModelCallError(self.spec.model, self._clean(f"{attempts} attempt{'s' * (attempts != 1)} failed; "
                                                           f"last: {last}"), attempts, True)

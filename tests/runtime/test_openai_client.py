@@ -171,6 +171,23 @@ def test_timeouts_are_retried_then_reported():
     assert held == 2 and err.attempts == 2 and "timeout" in err.detail
 
 
+def test_a_cancelled_call_releases_its_endpoint():
+    async def main():
+        async with servers(timeout_rate=1.0, timeout_hold_s=30) as (srvs, urls):
+            c = OpenAIClient(spec(urls, timeout_s=20.0))
+            task = asyncio.ensure_future(c.chat(MSGS))
+            while srvs[0].metrics.injected["timeout"] == 0:      # the request is held by the server
+                await asyncio.sleep(0.01)
+            busy = c.pool.snapshot()[0]["outstanding"]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return busy, c.pool.snapshot()[0]
+
+    busy, ep = asyncio.run(main())
+    assert busy == 1 and ep["outstanding"] == 0 and ep["state"] == "closed"
+
+
 def test_client_errors_are_not_retried():
     async def main():
         async with servers() as (srvs, urls):
