@@ -41,7 +41,6 @@ model llm {
   tokens = TOKENS
   ttft = TTFT
   per_token = PER_TOKEN
-  max_concurrency = MAXCONC
 }
 agent a {
   model = llm
@@ -65,12 +64,15 @@ output { id = row.id  last = b.text  said = a.text }
 
 def compile_workflow(args, ttft: str, per_token: str) -> dict:
     src = (WORKFLOW.replace("TOKENS", args.tokens).replace("TTFT", ttft).replace("PER_TOKEN", per_token)
-           .replace("MAXCONC", str(args.max_concurrency)).replace("STEPS", str(args.steps)))
+           .replace("STEPS", str(args.steps)))
     an = check(Source("<bench>", src))
     errors = [d for d in an.diags.sorted() if d.is_error]
     if errors:
         raise SystemExit(f"bench workflow does not check: {errors}")
-    return build_ir(an)
+    ir = build_ir(an)
+    # the simulated capacity both paths get: the in-cluster sim service and the sim server's options
+    ir["models"]["llm"]["sim"].update(replicas=args.replicas, max_concurrency=args.max_concurrency)
+    return ir
 
 
 # ---- 1. client CPU per call ------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", action="append", metavar="TTFT/PER_TOKEN",
                    help="simulated latencies, repeatable (default: 50ms/5ms, capacity-bound, and 0ms/0ms, "
                         "where the runtime and the HTTP path are the bottleneck)")
-    p.add_argument("--max-concurrency", type=int, default=128)
+    p.add_argument("--replicas", type=int, default=2, help="simulated replicas (2)")
+    p.add_argument("--max-concurrency", type=int, default=64, help="sequences per simulated replica (64)")
     p.add_argument("--max-in-flight", type=int, default=256)
     p.add_argument("--skip-cpu", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
