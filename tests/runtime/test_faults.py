@@ -108,6 +108,7 @@ def test_a_row_lost_more_than_row_attempts_times_is_written_as_error(ray_local, 
     assert result["summary"]["lost"] == len(errors)
 
 
+@pytest.mark.slow          # run with -m slow
 def test_killing_the_sink_and_the_sim_service_mid_run(ray_local, tmp_path):
     n = 30
     t, result, out = start_run(tmp_path, slow_student(), n, "faults3", max_in_flight=10, idle_scan_s=2.0)

@@ -46,6 +46,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow          # ~40 s: three raylets start on two cores (run with -m slow)
 def test_run_on_a_three_node_cluster(tmp_path):
     script = tmp_path / "multinode.py"
     script.write_text(SCRIPT)
