@@ -95,9 +95,13 @@ def check_flow(sym: Symbols, diags: Diagnostics) -> nx.MultiDiGraph:
             live.add_edge(u, v)
     reachable = nx.descendants(live, "start") if "start" in live else set()
     terminals = [x for x, k in live.nodes(data="kind") if k in ("end", "fail")]
-    can_finish: set[str] = set(terminals)
-    for term in terminals:
-        can_finish |= nx.ancestors(live, term)
+    can_finish: set[str] = set(terminals)  # one backward search from every final state at once
+    frontier = list(terminals)
+    while frontier:
+        for p in live.predecessors(frontier.pop()):
+            if p not in can_finish:
+                can_finish.add(p)
+                frontier.append(p)
     for name, a in agents.items():
         if "start" in by_source and name not in reachable and name not in sym.broken:
             diags.error("E033", f"agent `{name}` is never reached from `start`", a.name.span,

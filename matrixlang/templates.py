@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from jinja2 import TemplateError, TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError
 from jinja2 import nodes as jn
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -18,7 +18,7 @@ from .diagnostics import Diagnostics, did_you_mean
 from .source import Span
 from .types import Scope
 
-JINJA_GLOBALS = ("range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop")
+JINJA_GLOBALS = ("range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "caller", "varargs", "kwargs")
 
 
 @lru_cache(maxsize=1)
@@ -85,8 +85,9 @@ def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str)
         diags.error("E027", f"template syntax error in `{where}`: {exc.message}",
                     _locate(lit, exc.lineno, needle, last=True), hint)
         return
+    loads, stored, attrs, calls = _walk(ast)
     unknown = False
-    for node in ast.find_all((jn.Filter, jn.Test)):
+    for node in calls:
         table, what = (env.filters, "filter") if isinstance(node, jn.Filter) else (env.tests, "test")
         if node.name not in table:
             unknown = True
@@ -94,24 +95,23 @@ def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str)
                         _locate(lit, node.lineno, node.name), did_you_mean(node.name, table)
                         or f"see the jinja2 list of builtin {what}s")
     if unknown:
-        return  # jinja2's own analysis below would stop at them
-    known = set(CONTEXT_NAMES) | set(scope.agents) | set(JINJA_GLOBALS) | set(scope.broken)
-    try:
-        undeclared = meta.find_undeclared_variables(ast)
-    except TemplateError as exc:  # what jinja2 rejects only when compiling
-        diags.error("E027", f"template error in `{where}`: {exc.message}", _locate(lit, exc.lineno, None), _GENERIC)
         return
-    for node in ast.find_all(jn.Name):
-        if node.ctx == "load" and node.name in undeclared and node.name not in known:
+    known = set(CONTEXT_NAMES) | set(scope.agents) | set(JINJA_GLOBALS) | set(scope.broken)
+    # Names the template reads without setting them itself (`for`, `set`, `with`, macro parameters).
+    # Simpler than jinja2.meta.find_undeclared_variables (which runs its code generator, the slowest
+    # part of checking a template) and never stricter: a name set anywhere counts as declared.
+    undeclared = {node.name for node in loads} - stored
+    for node in loads:
+        if node.name in undeclared and node.name not in known:
             diags.error("E040", f"template `{where}` reads unknown name `{node.name}`",
                         _locate(lit, node.lineno, node.name),
                         did_you_mean(node.name, known - set(JINJA_GLOBALS))
                         or f"templates can read {', '.join(sorted(known - set(JINJA_GLOBALS)))}")
             undeclared.discard(node.name)  # once per name
     seen_attr: set[int] = set()
-    for node in ast.find_all((jn.Getattr, jn.Getitem)):
+    for node in attrs:
         base = node.node
-        if not (isinstance(base, jn.Name) and base.name in undeclared):
+        if base.name not in undeclared:
             continue
         if isinstance(node, jn.Getattr):
             field = node.attr
@@ -122,11 +122,35 @@ def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str)
         seen_attr.add(id(base))
         _check_field(lit, node.lineno, base.name, field, scope, diags, where)
     # A bare agent name (`{{ teacher }}`) reads all of its fields.
-    for node in ast.find_all(jn.Name):
+    for node in loads:
         if node.name in scope.agents and node.name in undeclared and id(node) not in seen_attr:
             t = scope.agents[node.name]
             for f, _ in t.fields:
                 scope.on_read(node.name, f)
+
+
+def _walk(ast: jn.Template) -> tuple[list[jn.Name], set[str], list[jn.Getattr | jn.Getitem],
+                                     list[jn.Filter | jn.Test]]:
+    """One pass over a template, in document order: the names it reads, the names it sets, the
+    `name.field` / `name["field"]` accesses, and the filters and tests it applies."""
+    loads: list[jn.Name] = []
+    stored: set[str] = set()
+    attrs: list[jn.Getattr | jn.Getitem] = []
+    calls: list[jn.Filter | jn.Test] = []
+    stack: list[jn.Node] = [ast]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, jn.Name):
+            if node.ctx == "load":
+                loads.append(node)
+            else:  # "store" (for, set, with) or "param" (macro arguments)
+                stored.add(node.name)
+        elif isinstance(node, (jn.Getattr, jn.Getitem)) and isinstance(node.node, jn.Name):
+            attrs.append(node)
+        elif isinstance(node, (jn.Filter, jn.Test)):
+            calls.append(node)
+        stack.extend(reversed(list(node.iter_child_nodes())))
+    return loads, stored, attrs, calls
 
 
 def _check_field(lit: n.Literal, lineno: int, base: str, field: str, scope: Scope, diags: Diagnostics,
