@@ -76,7 +76,9 @@ class AgentActor:
 
     def __init__(self, role: str, index: int, cfg: AgentConfig):
         self.role, self.index, self.cfg = role, index, cfg
-        self.engine = Engine(cfg.ir, seed=cfg.seed, backend=cfg.backend)
+        # openai models served by mxc sim-server get the simulator's replies: render them (mx_sim hints)
+        hinted = any(m.sim_hints for m in cfg.openai.values())
+        self.engine = Engine(cfg.ir, seed=cfg.seed, backend="sim" if hinted else cfg.backend)
         self.spec = self.engine.agents[role]
         self.topo = cfg.topo
         self.name = cfg.topo.agent(role, index)
