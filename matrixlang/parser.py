@@ -4,6 +4,7 @@ that one broken block does not hide the errors in the others."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from functools import lru_cache
 from importlib import resources
@@ -511,7 +512,8 @@ def parse(source: Source, diags: Diagnostics) -> n.Program:
 
 
 def _parse_text(text: str, source: Source, diags: Diagnostics, comments: list[n.Comment],
-                base: int = 0, eof_word: str = "end of file") -> tuple[list[n.Decl], bool]:
+                base: int = 0, eof_word: str = "end of file", stop: int | None = None) -> tuple[list[n.Decl], bool]:
+    """Parse `text`; its code lies in [base, stop) (the rest is blank), which is where comments are."""
     def on_comment(tok: Token) -> Token:
         comments.append(n.Comment(Span(tok.start_pos, tok.end_pos), str(tok)))
         return tok
@@ -523,7 +525,7 @@ def _parse_text(text: str, source: Source, diags: Diagnostics, comments: list[n.
     except UnexpectedInput as exc:
         _syntax_diag(exc, text, diags, base, eof_word)
         return [], False
-    for m in _COMMENT_SCAN.finditer(text):
+    for m in _COMMENT_SCAN.finditer(text, base, len(text) if stop is None else stop):
         if m.group(0).startswith("#"):
             on_comment(Token("COMMENT", m.group(0), m.start(), end_pos=m.end()))
     try:
@@ -538,20 +540,27 @@ _COMMENT_SCAN = re.compile(r'r?"""[\s\S]*?"""|r?"(?:[^"\\\n]|\\.)*"|#[^\n]*')
 def _parse_by_declaration(source: Source, diags: Diagnostics):
     """Parse each top-level declaration on its own (the rest blanked out, so positions hold)."""
     text = source.text
-    starts = [m.start() for m in _DECL_START.finditer(text)]
-    starts = [s for s in starts if not _inside_string(text, s)]
+    strings = [(m.start(), m.end()) for m in _COMMENT_SCAN.finditer(text) if not m.group(0).startswith("#")]
+    string_starts = [a for a, _ in strings]
+
+    def inside_string(pos: int) -> bool:
+        i = bisect.bisect_right(string_starts, pos) - 1
+        return i >= 0 and strings[i][0] < pos < strings[i][1]
+
+    starts = [m.start() for m in _DECL_START.finditer(text) if not inside_string(m.start())]
     if not starts or starts[0] != 0:
         starts = [0] + starts
     bounds = list(zip(starts, starts[1:] + [len(text)], strict=True))
     decls: list[n.Decl] = []
     comments: list[n.Comment] = []
     broken: set[str] = set()
+    blank = _blank(text)
     for a, b in bounds:
-        chunk = _blank(text[:a]) + text[a:b] + _blank(text[b:])
+        chunk = blank[:a] + text[a:b] + blank[b:]
         before = len(diags.items)
         nxt = _DECL_START.match(text, b)
         eof_word = f"`{' '.join(nxt.group(0).split())}`" if nxt else "end of file"
-        got, ok = _parse_text(chunk, source, diags, comments, base=a, eof_word=eof_word)
+        got, ok = _parse_text(chunk, source, diags, comments, base=a, eof_word=eof_word, stop=b)
         decls += got
         if not ok:
             m = _DECL_START.match(text, a) or _DECL_START.search(text, a, b)
@@ -565,11 +574,8 @@ def _parse_by_declaration(source: Source, diags: Diagnostics):
 
 
 def _blank(s: str) -> str:
-    return re.sub(r"[^\n]", " ", s)
-
-
-def _inside_string(text: str, pos: int) -> bool:
-    return any(m.start() < pos < m.end() for m in _COMMENT_SCAN.finditer(text, 0, pos + 1))
+    """`s` with every character but newlines replaced by a space (offsets and lines are kept)."""
+    return re.sub(r"[^\n]+", lambda m: " " * len(m.group(0)), s)
 
 
 def parse_expression(text: str) -> n.Expr:

@@ -171,7 +171,7 @@ def _check_field(lit: n.Literal, lineno: int, base: str, field: str, scope: Scop
                         did_you_mean(field, known) or f"its fields are {', '.join(known)}")
         else:
             scope.on_read(base, field)
-    elif base == "visits" and field not in scope.agents:
+    elif base == "visits" and field not in scope.agents and field not in scope.broken:
         diags.error("E040", f"template `{where}` reads `visits.{field}`, but no agent is named `{field}`",
                     _locate(lit, lineno, needle), did_you_mean(field, scope.agents))
     elif base == "last" and field not in ("agent", "text"):

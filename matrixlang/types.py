@@ -132,6 +132,8 @@ class TypeChecker:
             self.diags.error("E043", f"a value of type {base} has no field `{name}`", e.name.span)
             return ANY
         t = base.field(name)
+        if t is None and base.what == "visits" and name in self.scope.broken:
+            return INT
         if t is None:
             known = [f for f, _ in base.fields]
             if base.what == "the input row":
