@@ -107,6 +107,14 @@ def main() -> None:
     def check_compile() -> None:
         dumps(build_ir(check(Source("big.mx", text))))
 
+    # One syntax error in the middle: the parser recovers declaration by declaration.
+    broken = text.replace(f"agent a{args.agents // 2} {{\n  model = llm", f"agent a{args.agents // 2} {{\n  model: llm")
+    assert broken != text
+
+    def check_broken() -> None:
+        an = check(Source("big.mx", broken))
+        assert [d.code for d in an.diags.items] == ["E001"], [d.message for d in an.diags.items[:5]]
+
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(check_only if args.profile == "check" else check_compile)
@@ -116,7 +124,8 @@ def main() -> None:
     print(f"{args.agents} agents, {lines} lines, {len(text)} characters; best of {args.repeat}")
     print(f"{'phase':<28}{'seconds':>10}{'lines/s':>12}")
     for name, fn in [("lark parse (tree only)", lark_only), ("parse (AST, spans)", parse_only),
-                     ("check", check_only), ("check + compile (IR JSON)", check_compile)]:
+                     ("check", check_only), ("check + compile (IR JSON)", check_compile),
+                     ("check, 1 syntax error", check_broken)]:
         s = best(fn, args.repeat)
         print(f"{name:<28}{s:>10.3f}{lines / s:>12,.0f}")
 
