@@ -1,0 +1,176 @@
+"""The vLLM adapter: the Ray Serve deployment class that holds one async vLLM engine per replica.
+
+This is the only module of matrixlang that imports vLLM, and only inside a replica (``VLLMServer``'s
+constructor): importing this module needs Ray, not vLLM. ``serve_deploy`` builds the deployment
+options and the engine arguments from the IR and deploys one Serve application per ``vllm`` model.
+
+A replica answers ``chat(request)`` with a plain dict:
+
+- request: ``{"messages": [{"role", "content"}, ...], "params": {...}, "request_id": str}``;
+  ``params`` are the call's sampling settings (OpenAI names: ``max_tokens``, ``temperature``, ``top_p``,
+  ``stop``, ``seed``, ``presence_penalty``, ``frequency_penalty``; any other ``SamplingParams`` field
+  is passed through).
+- reply: ``{"text", "prompt_tokens", "completion_tokens", "finish_reason", "replica"}``, or
+  ``{"error": why, "final": True}`` when the request itself is unusable (a prompt longer than
+  ``max_model_len``, an unknown sampling parameter, a chat template that fails): retrying cannot help,
+  so the caller ends the row as ``error`` with that reason. Engine failures raise: the caller retries
+  (on another replica) and Serve's health check (``check_health``) replaces the dead replica.
+
+The prompt is the model's chat template applied to the messages (``add_generation_prompt``), or, for
+a tokenizer without a template, ``role: content`` lines. Token counts are the engine's own: the
+prompt's token ids and the generated ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from typing import Any
+
+# OpenAI request fields that are not sampling settings (dropped), and renamed ones.
+TRANSPORT_KEYS = frozenset({"stream", "stream_options", "user", "model", "messages", "mx_sim"})
+RENAMED = {"max_completion_tokens": "max_tokens"}
+
+
+def engine_classes() -> tuple[type, type, type]:
+    """(AsyncEngineArgs, the async engine class, SamplingParams) of the installed vLLM."""
+    from vllm import AsyncEngineArgs, SamplingParams
+
+    try:   # vLLM >= 0.10: the V1 engine; AsyncLLMEngine is an alias of it
+        from vllm.v1.engine.async_llm import AsyncLLM as Engine
+    except ImportError:   # pragma: no cover - older vLLM
+        from vllm import AsyncLLMEngine as Engine
+    return AsyncEngineArgs, Engine, SamplingParams
+
+
+def sampling_fields(sampling_cls: type) -> frozenset[str]:
+    """The keyword arguments ``SamplingParams`` accepts (msgspec struct fields or __init__ params)."""
+    fields = getattr(sampling_cls, "__struct_fields__", None)
+    if fields:
+        return frozenset(fields)
+    import inspect
+
+    return frozenset(p for p in inspect.signature(sampling_cls).parameters if p != "self")
+
+
+def sampling_kwargs(params: dict, allowed: frozenset[str]) -> dict:
+    """SamplingParams keyword arguments from a call's params; ValueError names what vLLM cannot take."""
+    out: dict[str, Any] = {}
+    bad = []
+    for k, v in params.items():
+        if k in TRANSPORT_KEYS or v is None:
+            continue
+        k = RENAMED.get(k, k)
+        if k == "n" and v != 1:
+            raise ValueError(f"n = {v!r}: one reply per call only")
+        if k == "stop" and isinstance(v, str):
+            v = [v]
+        if k in allowed:
+            out[k] = v
+        else:
+            bad.append(k)
+    if bad:
+        raise ValueError(f"unknown sampling parameter{'s' * (len(bad) > 1)} for vLLM: {', '.join(sorted(bad))}")
+    return out
+
+
+def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
+    """The prompt text: the chat template with a generation prompt, or ``role: content`` lines."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+class VLLMServer:
+    """One Serve replica: an async vLLM engine (see the module docstring)."""
+
+    def __init__(self, model: str, engine_kwargs: dict, env: dict[str, str] | None = None) -> None:
+        for k, v in (env or {}).items():
+            os.environ.setdefault(k, str(v))
+        t0 = time.monotonic()
+        args_cls, engine_cls, self._sampling = engine_classes()
+        self._allowed = sampling_fields(self._sampling)
+        self.model = model
+        self.engine = engine_cls.from_engine_args(args_cls(**engine_kwargs))
+        self.tokenizer = self.engine.get_tokenizer()
+        self.max_model_len = int(self.engine.model_config.max_model_len)
+        self.start_s = time.monotonic() - t0
+        self.replica = _replica_id()
+        self._ids = itertools.count()
+        self.served = self.failed = self.rejected = 0
+        self.prompt_tokens = self.completion_tokens = 0
+
+    async def chat(self, request: dict) -> dict:
+        """One chat completion; see the module docstring for the request and reply."""
+        try:
+            text = render_prompt(self.tokenizer, request["messages"])
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            kwargs = sampling_kwargs(dict(request.get("params") or {}), self._allowed)
+            if len(ids) >= self.max_model_len:
+                raise ValueError(f"the prompt is {len(ids)} tokens; max_model_len is {self.max_model_len}")
+            room = self.max_model_len - len(ids)
+            kwargs["max_tokens"] = min(int(kwargs.get("max_tokens") or room), room)
+            sampling = self._sampling(**kwargs)
+        except (ValueError, TypeError, KeyError) as e:
+            self.rejected += 1
+            return {"error": f"{type(e).__name__}: {e}", "final": True}
+        rid = f"{request.get('request_id') or 'mx'}-{self.replica}-{next(self._ids)}"
+        final = None
+        try:
+            async for out in self.engine.generate({"prompt_token_ids": ids}, sampling, rid):
+                final = out
+        except Exception as e:  # noqa: BLE001 - classified below
+            if _is_client_error(e):
+                self.rejected += 1
+                return {"error": f"{type(e).__name__}: {e}", "final": True}
+            self.failed += 1
+            raise
+        if final is None or not final.outputs:
+            self.failed += 1
+            raise RuntimeError(f"vLLM returned no output for request {rid}")
+        choice = final.outputs[0]
+        ptok = len(final.prompt_token_ids or ids)
+        ctok = len(choice.token_ids)
+        self.served += 1
+        self.prompt_tokens += ptok
+        self.completion_tokens += ctok
+        return {"text": choice.text, "prompt_tokens": ptok, "completion_tokens": ctok,
+                "finish_reason": choice.finish_reason, "replica": self.replica}
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: raises when the engine is dead."""
+        await self.engine.check_health()
+
+    def info(self) -> dict:
+        """This replica's identity and counters."""
+        return {"replica": self.replica, "pid": os.getpid(), "model": self.model,
+                "max_model_len": self.max_model_len, "engine_start_s": self.start_s,
+                "served": self.served, "failed": self.failed, "rejected": self.rejected,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            with contextlib.suppress(Exception):   # interpreter teardown
+                engine.shutdown()
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside Serve (a plain actor or a test)
+        return f"pid{os.getpid()}"
+
+
+def _is_client_error(e: BaseException) -> bool:
+    """A request error (4xx-like) of vLLM: validation failures and the like."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:   # pragma: no cover - older vLLM
+        return isinstance(e, ValueError)
+    return isinstance(e, (VLLMClientError, ValueError))
