@@ -78,7 +78,7 @@ def _describe(terminals: set[str]) -> str:
                                  "NAME"}
         words.append("an expression")
     anon = {t for t in terminals if t.startswith("__ANON")}
-    if (terminals & _OPERATORS) or anon:
+    if (terminals & (_OPERATORS - {"LSQB", "MINUS", "COLON", "RANGE"})) or anon:
         terminals = terminals - _OPERATORS - anon
         words.append("an operator")
     for t in sorted(terminals, key=lambda t: (t == "$END", _terminal_word(t))):
@@ -116,7 +116,8 @@ def _hint(expected: set[str], tok: Token | None, prev: Token | None, text: str, 
         return "guards are written `when EXPR`, e.g. `a -> b when turns > 3`"
     if val in ("=>", ">") and "ARROW" in expected:
         return "transitions are written `from -> to`"
-    if "RBRACE" in expected and tok is not None and tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END"}:
+    if "RBRACE" in expected and tok is not None and \
+            tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END", "EXTRACT", "PARAMS"}:
         return "a block is missing its closing `}`"
     if "ARROW" in expected:
         return "each transition is `from -> to`, optionally followed by `when EXPR`"
@@ -136,6 +137,11 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
     "input fields are written `name: type`, e.g. `question: str`": ['input { id = str }', 'input { id str }'],
     "no commas between settings: separate them with spaces or new lines": [
         'model m { backend = "sim", name = "x" }', 'output { a = 1, b = 2 }'],
+    "no commas between fields: separate them with spaces or new lines": [
+        "input { a: str, b: str }", "input { a: str?, b: str }", "input { a: list[str], b: str }"],
+    "one arrow per transition: write `a -> b` and `b -> c` on their own lines": [
+        "flow { a -> b -> c }", 'flow { a -> fail "x" -> c }', "flow { a -> end -> c }"],
+    "element types are written in brackets, e.g. `list[str]`": ["input { a: list<str> }", "input { a: list(str) }"],
     "settings take a single `=`; `==` compares in guards": ['model m { backend == "sim" }'],
     "to compare, write `==`": ['flow { a -> b when x = 1 }', 'flow { a -> b when x.y = "z" }'],
     "transitions are written `from -> to`": ['flow { a => b }', 'flow { a = b }', 'flow { a > b }'],
@@ -228,10 +234,22 @@ def _syntax_diag(exc: UnexpectedInput, text: str, diags: Diagnostics, base: int 
                 diags.error("E001", f"the reason after `fail` must be a string, not the name `{prev.value}`",
                             _span(prev), f'write `fail "{prev.value}"`')
                 return
+        if tok.type == "MORETHAN" and tok.start_pos and text[tok.start_pos - 1] == "-":
+            # `a -> b when x and` then `c -> d`: the guard took `c -` as its operand; the mistake is
+            # the operator (or `when`) left at the end of the line before.
+            before = _code_end(text[: text.rfind("\n", 0, tok.start_pos) + 1])
+            m = re.search(r"\S+$", text[:before])
+            if m:
+                diags.error("E001", f"expected an expression after `{m.group(0)}`", Span(m.start(), m.end()),
+                            f"complete the guard, or remove the `{m.group(0)}`")
+                return
         hint = _match_example(exc) or _hint(expected, tok, prev, text, span.start)
         if hint is None and tok.type == "RBRACE" and not expected & {"RBRACE", "COMMA", "RPAR", "RSQB"}:
             hint = "this `}` closes no block: remove it, or check the braces above"
-        if "RBRACE" in expected and tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END"}:
+        if "RBRACE" in expected and tok.type in {k.upper() for k in DECL_KEYWORDS} | {"$END", "EXTRACT", "PARAMS"}:
+            if tok.type != "$END":  # the `}` belongs after the code before this token
+                end = _code_end(text[: tok.start_pos])
+                span = Span(max(0, end - 1), end)
             opening = _unclosed_brace(text, span.start, base)
             labels = [Label(Span(opening, opening + 1), "this `{` is never closed")] if opening is not None else []
             found = eof_word if tok.type == "$END" else _token_words(tok)

@@ -118,8 +118,11 @@ class TypeChecker:
         if e.name in s.broken:
             return ANY
         names = list(CONTEXT_NAMES) + list(s.agents)
+        literal = {"none": "null", "nil": "null", "undefined": "null", "true": "true", "false": "false"}.get(
+            e.name.lower())
         self.diags.error("E040", f"unknown name `{e.name}`", e.span,
-                         did_you_mean(e.name, names) or f"names here are {', '.join(sorted(names))}")
+                         (f"write `{literal}`" if literal else None) or did_you_mean(e.name, names)
+                         or f"names here are {', '.join(sorted(names))}")
         return ANY
 
     # ---- access ----

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import nodes as n
@@ -86,6 +87,8 @@ def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:
         if isinstance(e, n.Literal) and e.kind == "bool":
             return e.value
         hint = "write `true` or `false` without quotes" if isinstance(e, n.Literal) and e.kind == "str" else None
+        if isinstance(e, n.Var) and e.name.lower() in ("true", "false"):
+            hint = f"write `{e.name.lower()}` in lower case"
         return _wrong(diags, key, kind, e, hint)
     if kind in ("duration", "size"):
         units = DURATION_UNITS if kind == "duration" else SIZE_UNITS
@@ -95,7 +98,8 @@ def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:
             example = f"{e.value}s" if kind == "duration" else f"{e.value}MB"
             diags.error("E018", f"`{key}` needs a unit", e.span, f"write e.g. `{example}`")
             return None
-        return _wrong(diags, key, kind, e)
+        quoted = isinstance(e, n.Literal) and e.kind == "str" and re.fullmatch(r"\d+(\.\d+)?[A-Za-z]+", e.value)
+        return _wrong(diags, key, kind, e, f"write it without quotes: `{e.value}`" if quoted else None)
     if kind == "range":
         if isinstance(e, n.RangeExpr):
             lo, hi = e.lo, e.hi
@@ -112,6 +116,9 @@ def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:
             return [lo.value, hi.value]
         if isinstance(e, n.Literal) and e.kind == "int":
             return [e.value, e.value]
+        if isinstance(e, n.Binary) and e.op == "-" and all(
+                isinstance(x, n.Literal) and x.kind == "int" for x in (e.left, e.right)):
+            return _wrong(diags, key, kind, e, f"write the range as `{e.left.value}..{e.right.value}`")
         return _wrong(diags, key, kind, e)
     if kind == "str_or_list":
         if isinstance(e, n.Literal) and e.kind == "str":
