@@ -341,8 +341,7 @@ class ServeClient:
                 if "error" in out:
                     st.failed += 1
                     st.errors["refused"] = st.errors.get("refused", 0) + 1
-                    raise ModelCallError(f"model {self.spec.model!r} refused the request: {out['error']}",
-                                         attempt + 1, False)
+                    raise ModelCallError(self.spec.model, f"refused by vLLM: {out['error']}", attempt + 1, False)
                 st.ok += 1
                 rep = str(out.get("replica"))
                 st.by_replica[rep] = st.by_replica.get(rep, 0) + 1
@@ -353,8 +352,8 @@ class ServeClient:
                 cap = min(self.spec.max_backoff_s, self.spec.backoff_s * (2 ** attempt))
                 await asyncio.sleep(cap / 2 + self.rng.uniform(0, cap / 2))
         st.failed += 1
-        raise ModelCallError(f"model {self.spec.model!r} ({self.spec.app}): {attempts} attempt"
-                             f"{'s' * (attempts != 1)} failed; last: {last}", attempts, True)
+        raise ModelCallError(self.spec.model, f"{attempts} attempt{'s' * (attempts != 1)} failed "
+                             f"(Serve app {self.spec.app}); last: {last}", attempts, True)
 
     def snapshot(self) -> dict:
         """Counters, safe to log."""
