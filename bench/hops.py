@@ -1,6 +1,6 @@
 """Benchmarks of the peer-to-peer runtime's transport and scheduling (prints figures, asserts nothing).
 
-    python bench/hops.py [--what hops,schedule,memory] [--rows N] [--hops H] [--in-flight K]
+    python bench/hops.py [--what hops,schedule,offload,memory] [--rows N] [--hops H] [--in-flight K]
 
 hops      zero-latency workflow hops/s (every step is a real agent step: render, sim service round
           trip, extracts, guards, routing) with and without coalescing, against a raw per-message Ray
@@ -8,7 +8,8 @@ hops      zero-latency workflow hops/s (every step is a real agent step: render,
           (coalesced relay); the latency a hop takes for a lone message and under load (p50/p99).
 schedule  row-level vs batch scheduling (and central orchestration) on a workflow whose rows vary
           widely in length (1 to 40 steps of 10-40 ms simulated calls): elapsed and the ratio.
-memory    resident memory of the run's processes with 10,000 rows in flight (each waiting on a 20 s
+offload   pickled bytes per hop of long-history rows with and without offloading to the object store.
+memory    resident memory of the run's processes with 10,000 rows in flight (each waiting on one 20 s
           simulated call) against 100 in flight: bytes per in-flight row.
 """
 
@@ -73,9 +74,19 @@ def varied(max_steps: int = 40) -> dict:
 
 
 def waiting(seconds: float) -> dict:
-    """coral whose model takes `seconds` per call: admitted rows wait in flight (memory benchmark)."""
+    """coral's teacher alone, its model taking `seconds` per call: admitted rows wait in flight."""
     ir = copy.deepcopy(F.coral())
     ir["models"]["llm"]["sim"].update(ttft_s=seconds, per_token_s=0.0, max_concurrency=20000)
+    ir["states"]["teacher"]["transitions"] = [F.tr("end")]
+    return F.finish(ir)
+
+
+def long_replies() -> dict:
+    """coral with ~1 KB filler replies that never agree: 20 steps, the history grows to ~20 KB."""
+    ir = copy.deepcopy(F.coral())
+    for agent in ir["agents"].values():
+        agent["sim"] = None
+    ir["models"]["llm"]["sim"].update(tokens=[150, 250], ttft_s=0.0, per_token_s=0.0)
     return F.finish(ir)
 
 
@@ -255,7 +266,7 @@ def run_rss(n: int, tmp: str) -> tuple[int, dict]:
     def sample() -> None:
         while not stop.is_set():
             pids = [os.getpid()]
-            for name in ("agent:teacher:0", "agent:student:0", "sim:0", "sink"):
+            for name in ("agent:teacher:0", "agent:student:0", "sim:0", "sink"):   # student idles
                 with contextlib.suppress(Exception):    # not started yet, or finished
                     pids.append(ray.get(ray.get_actor(f"mx-{run_id}:{name}").ping.remote(), timeout=5)[1])
             if len(pids) == 5:
@@ -272,7 +283,7 @@ def run_rss(n: int, tmp: str) -> tuple[int, dict]:
 
 
 def bench_memory(tmp: str) -> None:
-    print("== memory: coral rows each waiting on a 20 s simulated call")
+    print("== memory: coral rows, each waiting on one 20 s simulated call")
     small, s_small = run_rss(100, tmp)
     big, s_big = run_rss(10000, tmp)
     per_row = (big - small) / (s_big["peak_in_flight"] - s_small["peak_in_flight"])
@@ -282,9 +293,22 @@ def bench_memory(tmp: str) -> None:
           f"{(big - small) / 2**20:.0f} MiB above the idle run")
 
 
+def bench_offload(tmp: str) -> None:
+    print("== offload: coral rows of 20 steps with ~1 KB replies (history up to ~20 KB)")
+    rows = [{"id": f"o{i}", "question": "q", "choices": ["a", "b"]} for i in range(64)]
+    res = {}
+    for name, threshold in (("inline (no offloading)", -1), ("offloaded > 512 B", 512)):
+        res[name] = s = run_rows(long_replies(), rows, tmp, max_in_flight=64, offload_threshold=threshold,
+                                 measure_bytes=True)
+        print(f"  {name:24} {s['bytes_per_hop']:9,.0f} B per hop   {s['hops_per_s']:7,.0f} hops/s   "
+              f"freed {s['offload']['freed']}, still held {s['offload']['still_held']}")
+    a, b = (r["bytes_per_hop"] for r in res.values())
+    print(f"  => offloading moves {a / b:.1f}x fewer bytes per hop")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="hops,schedule,memory")
+    ap.add_argument("--what", default="hops,schedule,offload,memory")
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--hops", type=int, default=20)
     ap.add_argument("--in-flight", type=int, default=256)
@@ -299,6 +323,8 @@ def main() -> None:
                 bench_schedule(256, 32, tmp)
             elif what == "memory":
                 bench_memory(tmp)
+            elif what == "offload":
+                bench_offload(tmp)
             else:
                 raise SystemExit(f"unknown --what {what!r}")
     ray.shutdown()

@@ -14,6 +14,7 @@ the driver can find rows that no live actor holds after an actor died.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pickle
@@ -29,7 +30,7 @@ from .cluster import Handles, Topology, actor_info
 from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import row_key
-from .store import fetch_texts, needs_offload, offloaded_entry
+from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Outbox, pick_two
 
 
@@ -63,10 +64,7 @@ def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, str, dic
 
 
 def message_bytes(msg: Message) -> int:
-    """Pickled size of a message as it travels (an offloaded entry counts its reference, not its text)."""
-    if any("ref" in e for e in msg.history):
-        hist = [{**e, "ref": e["ref"].binary()} if "ref" in e else e for e in msg.history]
-        msg = Message(**{**{s: getattr(msg, s) for s in Message.__slots__}, "history": hist})
+    """Pickled size of a message as it travels between actors."""
     return len(pickle.dumps(msg, protocol=5))
 
 
@@ -91,6 +89,7 @@ class AgentActor:
         self._deadlines: dict[int, float] = {}              # req_id -> monotonic deadline
         self._sweeper: asyncio.Task | None = None
         self._clients: dict = {}                            # model → OpenAIClient
+        self.cache = TextCache()                            # offloaded texts seen here
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
         self._next_req = int.from_bytes(os.urandom(5), "big") << 24   # distinct per incarnation
         self._reroutes: dict[int, int] = {}
@@ -145,10 +144,12 @@ class AgentActor:
         """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
         eng = self.engine
         try:
-            texts = await fetch_texts(msg.history, eng.history_need(self.role))
-        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError):
-            self.dropped += 1      # its offloaded texts died with the store: re-run from the start
+            texts = await fetch_texts(msg.history, eng.history_need(self.role), self.cache,
+                                      functools.partial(self._texts_of, row_key(msg.id)))
+        except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
+            self.dropped += 1      # its offloaded texts are gone (the sink restarted): re-run it
             return False
+        self._remember_newest(msg)
         try:
             call = eng.prepare_call(msg, texts)
         except StepError as e:
@@ -180,13 +181,33 @@ class AgentActor:
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
         if msg.finished:
             return await self._finish(msg, list(texts) + [reply.text])
-        size = needs_offload(reply.text, self.cfg.offload_threshold)
-        if size:
-            ref = await self._offload(row_key(msg.id), reply.text)
-            if ref is not None:
-                msg.history[-1] = offloaded_entry(self.role, reply.text, size, ref)
+        self._offload(msg)
         self._route(msg)
         return True
+
+    def _offload(self, msg: Message) -> None:
+        """Move large history texts to the store (one-way; the message goes on at once with their keys).
+
+        The newest entry stays inline when the next step reads history: it is what that step reads.
+        """
+        hist, threshold = msg.history, self.cfg.offload_threshold
+        keep_newest = self.engine.history_need(msg.state) != "none"
+        for i in range(max(0, len(hist) - 2), len(hist)):
+            text = hist[i].get("text")
+            size = needs_offload(text, threshold)
+            if not size:
+                continue
+            key = text_key(text)
+            self.cache.put(key, text)         # this agent will not need to fetch it back
+            if i < len(hist) - 1 or not keep_newest:
+                self.outbox.send(("offload",), self._sink(), (row_key(msg.id), key, text), method="offload")
+                hist[i] = offloaded_entry(hist[i]["agent"], text, size, key)
+
+    def _remember_newest(self, msg: Message) -> None:
+        """Cache the newest entry when it arrived inline and large: it is offloaded by the next step."""
+        if msg.history and needs_offload(msg.history[-1].get("text"), self.cfg.offload_threshold):
+            text = msg.history[-1]["text"]
+            self.cache.put(text_key(text), text)
 
     async def _call_model(self, call: LLMCall) -> Reply | None:
         """One model call through the sim service, retried on timeout; None after the last retry."""
@@ -208,16 +229,25 @@ class AgentActor:
                 self._requests.pop(req_id, None)
         return None
 
-    async def _offload(self, key: Hashable, text: str):
-        """Have the sink put ``text`` in the object store (it owns the object); its ref, or None."""
+    async def _texts_of(self, row: Hashable, keys: list[str]) -> list[str]:
+        """A row's offloaded texts, from the sink (which owns them)."""
         req_id = self._next_req
         self._next_req += 1
-        fut = self._expect(req_id, 30.0)
-        self.outbox.send(("offload",), self._sink(), (self.name, req_id, key, text), method="offload")
-        try:
-            return await fut
-        except (asyncio.TimeoutError, ray.exceptions.RayActorError):
-            return None       # keep the text inline
+        fut = self._expect(req_id, 40.0)
+        self.outbox.send(("fetch",), self._sink(), (self.name, req_id, row, keys), method="fetch")
+        texts = await fut
+        if texts is None:
+            raise LookupError(f"offloaded texts {keys} are not in the store")
+        return texts
+
+    async def fetched(self, batch: list[tuple[int, list | None]]) -> int:
+        """Answers of the sink to ``_texts_of``: ``(req_id, [text] | None)``."""
+        for req_id, texts in batch:
+            self._deadlines.pop(req_id, None)
+            fut = self._waiting.pop(req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(texts)
+        return len(self.held)
 
     def _expect(self, req_id: int, timeout_s: float) -> asyncio.Future:
         """A future for the reply to ``req_id``, failed with TimeoutError after ``timeout_s``.
@@ -241,15 +271,6 @@ class AgentActor:
                 fut = self._waiting.pop(req_id, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(asyncio.TimeoutError())
-
-    async def offloaded(self, batch: list[tuple[int, list]]) -> int:
-        """References of offloaded texts from the sink: ``(req_id, [ObjectRef])``."""
-        for req_id, refs in batch:
-            self._deadlines.pop(req_id, None)
-            fut = self._waiting.pop(req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(refs[0])
-        return len(self.held)
 
     def sim_restarted(self, names: list[str]) -> int:
         """A sim service restarted and lost its queue: re-send this replica's requests to it."""
@@ -314,7 +335,12 @@ class AgentActor:
     async def _finish(self, msg: Message, texts) -> bool:
         """Send a finished message's output line to the sink (or the coordinator)."""
         if self.output_need != "none" and any("ref" in e for e in msg.history):
-            texts = await fetch_texts(msg.history, "all")
+            try:
+                texts = await fetch_texts(msg.history, "all", self.cache,
+                                          functools.partial(self._texts_of, row_key(msg.id)))
+            except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
+                self.dropped += 1
+                return False
         item = output_line(self.engine, msg, texts)
         name = self.topo.coordinator if self.topo.central else self.topo.sink
         self.outbox.send(("out", name), self.handles.get(name), item)
@@ -356,7 +382,7 @@ class AgentActor:
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
         kind = dest[0]
-        if kind in ("sim", "offload"):
+        if kind in ("sim", "fetch"):
             for req in batch:
                 self._deadlines.pop(req[1], None)
                 fut = self._waiting.pop(req[1], None)   # the retry loop re-sends it
@@ -393,6 +419,7 @@ class AgentActor:
                 "latencies": list(self.latencies), "held": len(self.held), "dropped": self.dropped,
                 "hops": self.hops, "hop_bytes": self.hop_bytes, "node": actor_info()[2],
                 "clients": {m: c.snapshot() for m, c in self._clients.items()},
+                "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "chars": self.cache.chars},
                 "outbox": self._outbox.stats.as_dict() if self._outbox else None}
 
     def ping(self) -> tuple[str, int, str]:

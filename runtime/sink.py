@@ -3,8 +3,9 @@
 Output is append-only JSON Lines, one whole line per row, flushed after every delivered batch. Rows
 are deduplicated by id (the first write wins), which makes re-runs after a crash exactly-once: a
 re-admitted row that was in fact finished, or a row already written by an earlier run (``--resume``),
-is dropped. The sink also owns the run's offloaded history texts (``store.RefStore``) and
-frees a row's texts as soon as its line is written. It queues one completion per row for the driver,
+is dropped. The sink also owns the run's offloaded history texts (``store.RefStore``): it puts
+them in the object store, hands their references to agents that ask, and frees a row's texts as soon
+as its line is written. It queues one completion per row for the driver,
 which long-polls :meth:`Sink.poll`.
 """
 
@@ -130,22 +131,33 @@ class Sink:
             self._wake()
         return 0
 
-    async def offload(self, batch: list[tuple[str, int, Hashable, str]]) -> int:
-        """Put texts in the object store, owned here: items are ``(reply_to, req_id, row_key, text)``.
+    def offload(self, batch: list[tuple[Hashable, str, str]]) -> int:
+        """Put offloaded texts in the object store, owned here: items are ``(row_key, key, text)``."""
+        for row, key, text in batch:
+            self.refs.put(row, key, text)
+        return 0
 
-        Each reference goes back (one-way, coalesced) to the agent's ``offloaded`` method as
-        ``(req_id, [ref])``; the sink holds it until the row is written.
-        """
+    async def fetch(self, batch: list[tuple[str, int, Hashable, list[str]]]) -> int:
+        """Requests for offloaded texts: items are ``(reply_to, req_id, row_key, keys)``; each is answered one-way,
+        once every key is known, to the agent's ``fetched`` method as ``(req_id, [text] | None)``: the
+        sink reads the objects from its node's object store (a text over Ray's inline limit travels
+        back through the object store again)."""
+        for reply_to, req_id, row, keys in batch:
+            asyncio.ensure_future(self._answer(reply_to, req_id, row, keys))
+        return 0
+
+    async def _answer(self, reply_to: str, req_id: int, row: Hashable, keys: list[str]) -> None:
+        try:
+            texts = list(await asyncio.gather(*await self.refs.refs(row, keys)))
+        except (asyncio.TimeoutError, ray.exceptions.RayError):
+            texts = None                       # a put that never came: the agent re-runs the row
         if self._outbox is None:
             self._outbox = Outbox()
-        for reply_to, req_id, key, text in batch:
-            ref = self.refs.put(key, text)
-            try:
-                handle = self._handles.get(reply_to)
-            except ValueError:
-                continue
-            self._outbox.send(reply_to, handle, (req_id, [ref]), method="offloaded")
-        return 0
+        try:
+            handle = self._handles.get(reply_to)
+        except ValueError:
+            return
+        self._outbox.send(reply_to, handle, (req_id, texts), method="fetched")
 
     def _wake(self) -> None:
         if self._event is not None:
