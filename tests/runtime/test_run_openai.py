@@ -8,7 +8,7 @@ import ir_fixtures as F
 import pytest
 from matrixlang.runtime.run import RunOptions, run
 from matrixlang.runtime.simserver import SimServerProcess
-from test_run_semantics import coral_rows, read_out, write_rows
+from test_run_semantics import coral_rows, read_out, reference, strip_timing, write_rows
 
 pytestmark = pytest.mark.ray
 
@@ -20,14 +20,19 @@ def test_openai_backend_through_two_sim_servers(ray_local, tmp_path, monkeypatch
         monkeypatch.setenv("LLM_URL", f"{a.url},{b.url}")        # two endpoints, load-balanced
         summary = run(ir, RunOptions(input=str(inp), output=str(out), progress="off", print_summary=False))
         served = [srv.metrics() for srv in (a, b)]
-    got = {r["_meta"]["id"]: r for r in read_out(out)}
+    got = {r["_meta"]["id"]: strip_timing(r) for r in read_out(out)}
     assert sorted(got) == sorted(r["id"] for r in rows)
     for r in got.values():
         meta = r["_meta"]
-        assert meta["status"] in ("ok", "failed") and meta["steps"] == len(r["transcript"]) >= 2
-        calls = sum(u["calls"] for u in meta["usage"].values())
-        assert calls == meta["steps"]
+        assert meta["steps"] == len(r["transcript"]) >= 2
+        assert sum(u["calls"] for u in meta["usage"].values()) == meta["steps"]
         assert all(u["prompt_tokens"] > 0 for u in meta["usage"].values())    # usage as the server reported
+    # the sim servers reply as the in-cluster simulator (mx_sim hints): the same rows, bar usage
+    want = reference(ir, rows)
+    for table in (got, want):
+        for r in table.values():
+            r["_meta"].pop("usage")
+    assert got == want
     assert summary["rows"] == 12 and summary["backend"] is None
     chat = [sum(v for k, v in m.items() if k.startswith("mx_sim_requests_total") and "chat" in k) for m in served]
     assert sum(chat) == summary["steps"] and all(n > 0 for n in chat), json.dumps(served)[:2000]
