@@ -26,6 +26,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **common)
         return False
+    # Ray enables token authentication for a new local cluster by default and warns about it on every
+    # start: keep it on, without the warning.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
     return True
 

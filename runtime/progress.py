@@ -41,6 +41,7 @@ class RunProgress:
         self._t0 = time.monotonic()
         self._last = 0.0
         self._bar: Progress | None = None
+        self._driver: Any = None
         self._task: Any = None
 
     def __enter__(self) -> RunProgress:
@@ -53,13 +54,16 @@ class RunProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._driver is not None and exc[0] is None:
+            self.update(self._driver, force=True)      # the final state
         if self._bar is not None:
             self._bar.stop()
 
-    def update(self, driver: Any) -> None:
+    def update(self, driver: Any, force: bool = False) -> None:
         """Called by the driver after each completion poll."""
+        self._driver = driver
         now = time.monotonic()
-        if now - self._last < (0.2 if self.mode == "bar" else self.interval_s) or self.mode == "off":
+        if self.mode == "off" or (not force and now - self._last < (0.2 if self.mode == "bar" else self.interval_s)):
             return
         self._last = now
         r = driver.res
