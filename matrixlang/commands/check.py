@@ -40,9 +40,9 @@ def run(args) -> int:
             continue
         if diags:
             sys.stderr.write(render_text(diags, src, use_color()))
-            print(f"{path}: {summary_line(n_err, n_warn)}", file=sys.stderr)
+            print(f"{src.path}: {summary_line(n_err, n_warn)}", file=sys.stderr)
         elif not args.quiet:
-            print(f"{path}: ok")
+            print(f"{src.path}: ok")
     if args.format == "json":
         print(json.dumps(report, indent=2))
     return status
