@@ -1,0 +1,41 @@
+"""``python -m bench --suite quick|full [--only NAME[,NAME]] [--repeats K] [--out DIR]``.
+
+Runs the benchmark suite on a local Ray (or $RAY_ADDRESS), writes ``bench/results/<suite>.json``,
+the plots ``bench/results/<suite>_*.png`` and ``<suite>_table.md``, and prints the table of ratios.
+Sections: scheduling, utilisation, overhead, memory, offload, scale_model (see bench/suite.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import SUITES
+from .suite import RESULTS_DIR, SECTIONS, run_suite
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    ap.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    ap.add_argument("--repeats", type=int, help="repeats per measurement (default: the suite's)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (bench/results)")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    for s in only or []:
+        if s not in SECTIONS:
+            ap.error(f"unknown section {s!r} (sections: {', '.join(SECTIONS)})")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    run_suite(args.suite, only, args.repeats, args.out, log, plots=not args.no_plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Sizes of the benchmark suites: ``quick`` (under 5 minutes on 2 cores), ``full``, and ``tiny`` (the
+smoke test: every section, a few rows, fast simulated calls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .catalog import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteConfig:
+    """Everything a suite run varies. ``latency_scale`` multiplies every simulated time (ttft,
+    per_token) and ``slots_scale`` every LLM pool's max_concurrency: the quick suite halves both with
+    the concurrency, which keeps the hop rate (CPU load) of the full suite and halves its duration."""
+
+    name: str
+    repeats: int = 3
+    in_flight: int = 64
+    latency_scale: float = 1.0
+    slots_scale: float = 1.0
+    rows: dict[str, int] = field(default_factory=lambda: {"coral": 768, "curation": 1536, "tooluse": 384})
+    # utilisation: coral, offered concurrency as multiples of the pool's slots
+    util_levels: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    util_rows_min: int = 512
+    util_repeats: int = 3
+    # hop overhead (bench/hops.py)
+    hop_rows: int = 512
+    hop_hops: int = 20
+    hop_in_flight: int = 256
+    hop_rows_nocoalesce: int = 256
+    # memory
+    mem_levels: tuple[int, ...] = (1000, 5000, 10000)
+    hold_s: float = 25.0
+    # offloading
+    off_rows: int = 128
+    off_in_flight: int = 64
+    off_repeats: int = 3
+    # scale model
+    scale_nodes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 31)
+    scale_workloads: tuple[str, ...] = ("coral", "curation", "tooluse")
+    scale_warm_s: float = 40.0
+    scale_measure_s: float = 60.0
+
+    def overrides(self, wl: Workload, ir: dict) -> dict[str, dict]:
+        """Per-model ``sim`` patches that apply the suite's latency and slot scales."""
+        out: dict[str, dict] = {}
+        for m, model in ir["models"].items():
+            sim = model["sim"]
+            patch: dict = {}
+            if self.latency_scale != 1.0:
+                patch["ttft_s"] = sim["ttft_s"] * self.latency_scale
+                patch["per_token_s"] = sim["per_token_s"] * self.latency_scale
+            if self.slots_scale != 1.0 and m in wl.llm_models:
+                patch["max_concurrency"] = max(1, round(sim["max_concurrency"] * self.slots_scale))
+            if patch:
+                out[m] = patch
+        return out
+
+
+SUITES: dict[str, SuiteConfig] = {
+    "full": SuiteConfig("full"),
+    "quick": SuiteConfig(
+        "quick", repeats=1, in_flight=32, latency_scale=0.5, slots_scale=0.5,
+        rows={"coral": 96, "curation": 192, "tooluse": 64},
+        util_levels=(0.5, 1.0, 2.0, 4.0), util_rows_min=192, util_repeats=1,
+        hop_rows=256, hop_hops=10, hop_in_flight=128, hop_rows_nocoalesce=128,
+        hold_s=12.0, off_rows=48, off_in_flight=24, off_repeats=1,
+        scale_nodes=(1, 4, 16, 31), scale_workloads=("coral",), scale_warm_s=15.0, scale_measure_s=20.0),
+    "tiny": SuiteConfig(
+        "tiny", repeats=1, in_flight=8, latency_scale=0.1, slots_scale=0.125,
+        rows={"coral": 16, "curation": 24, "tooluse": 8},
+        util_levels=(1.0, 2.0), util_rows_min=24, util_repeats=1,
+        hop_rows=32, hop_hops=4, hop_in_flight=16, hop_rows_nocoalesce=16,
+        mem_levels=(20, 60), hold_s=2.0, off_rows=6, off_in_flight=6, off_repeats=1,
+        scale_nodes=(1, 2), scale_workloads=("coral",), scale_warm_s=3.0, scale_measure_s=3.0),
+}

@@ -1,0 +1,132 @@
+"""The suite's plots (matplotlib, PNG): utilisation vs offered concurrency, throughput by mode per
+workload, and the scale model's curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODE_LABELS = {"p2p": "row-level P2P", "batch": "batch (--schedule batch)", "central": "central (--orchestrator central)"}
+MODE_COLORS = {"p2p": "tab:blue", "batch": "tab:orange", "central": "tab:green", "central_full": "tab:red"}
+
+
+def _err(s: dict) -> tuple[float, list[list[float]]]:
+    med = s["median"] or 0.0
+    lo = med - (s["min"] if s["min"] is not None else med)
+    hi = (s["max"] if s["max"] is not None else med) - med
+    return med, [[lo], [hi]]
+
+
+def utilisation_plot(u: dict, path: Path, suite: str) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = [lv["in_flight"] for lv in u["levels"]]
+    for key, label, style in (("steady_utilisation", "utilisation, steady state (10-80% of tokens)", "o-"),
+                              ("utilisation", "utilisation, whole run (incl. ramp and drain)", "s--"),
+                              ("utilisation_nominal", "tokens/s ÷ nominal slots/per_token", "^:")):
+        meds = [lv[key]["median"] for lv in u["levels"]]
+        lo = [m - (lv[key]["min"] or m) if m is not None else 0 for m, lv in zip(meds, u["levels"], strict=True)]
+        hi = [(lv[key]["max"] or m) - m if m is not None else 0 for m, lv in zip(meds, u["levels"], strict=True)]
+        ax.errorbar(xs, [m if m is not None else float("nan") for m in meds], yerr=[lo, hi], fmt=style,
+                    capsize=3, label=label)
+    cpu = [lv["run_cpu_util"]["median"] for lv in u["levels"]]
+    ax.plot(xs, cpu, "x-", color="grey", alpha=0.7, label="CPU used by the run (fraction of all cores)")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(0.9, color="red", lw=0.8, ls="--", label="target 0.9")
+    ax.axvline(u["slots"], color="purple", lw=0.8, ls=":", label=f"fleet slots = {u['slots']}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("offered concurrency (rows in flight, log scale)")
+    ax.set_ylabel("fraction of fleet capacity")
+    ax.set_title(f"Utilisation vs offered concurrency: coral on {u['slots']} simulated slots ({suite} suite)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def throughput_plot(sched: dict, path: Path, suite: str) -> Path:
+    names = list(sched)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+    for j, wl in enumerate(names):
+        pm = sched[wl]["per_mode"]
+        for i, (metric, unit) in enumerate((("tokens_per_s", "LLM tokens/s"), ("rows_per_s", "rows/s"))):
+            ax = axes[i][j]
+            for k, mode in enumerate(pm):
+                med, err = _err(pm[mode][metric])
+                ax.bar(k, med, yerr=err, capsize=4, color=MODE_COLORS[mode], label=MODE_LABELS[mode])
+                ax.text(k, med, f"{med:,.0f}" if med >= 100 else f"{med:.1f}", ha="center", va="bottom", fontsize=8)
+            ax.set_xticks(range(len(pm)))
+            ax.set_xticklabels(list(pm), fontsize=9)
+            ax.set_ylabel(unit)
+            r = sched[wl]["ratios"][f"p2p/batch {metric}"]["median"]
+            c = sched[wl]["ratios"][f"p2p/central {metric}"]["median"]
+            ax.set_title(f"{wl}: p2p/batch {r:.2f}x, p2p/central {c:.2f}x" if r and c else wl, fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper right")
+    first = sched[names[0]]
+    fig.suptitle(f"Throughput by mode at equal concurrency ({first['in_flight']} rows in flight; median, "
+                 f"bars = min-max over repeats; {suite} suite)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scale_plot(sm: dict, path: Path, suite: str) -> Path:
+    names = list(sm["curves"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.8), squeeze=False)
+    labels = {"p2p": "P2P (agents route)", "central": "central hub (routing only)",
+              "central_full": "central hub running the step logic"}
+    for j, wl in enumerate(names):
+        ax = axes[0][j]
+        ax2 = ax.twinx()
+        for mode, pts in sm["curves"][wl].items():
+            xs = [p["nodes"] for p in pts]
+            ax.plot(xs, [p["tokens_per_s"] / 1e3 for p in pts], "o-", color=MODE_COLORS[mode], label=labels[mode])
+            if mode != "p2p":
+                ax2.plot(xs, [p["utilisation"]["coordinator"] for p in pts], ":", color=MODE_COLORS[mode],
+                         alpha=0.8, label=f"coordinator CPU busy ({mode})")
+        p2p = sm["curves"][wl]["p2p"]
+        ax2.plot([p["nodes"] for p in p2p], [p["utilisation"]["driver"] for p in p2p], ":", color="tab:blue",
+                 alpha=0.8, label="driver CPU busy (p2p)")
+        sat = sm["findings"][wl]["coordinator_saturates_at_nodes"]
+        if sat:
+            ax.axvline(sat, color="tab:green", lw=0.8, ls="--")
+            ax.text(sat, ax.get_ylim()[1] * 0.95, f" coordinator\n saturated ({sat} nodes)", fontsize=8,
+                    color="tab:green", va="top")
+        ax.set_xlabel("nodes (8 GPUs and 400 rows in flight each)")
+        ax.set_ylabel("LLM tokens/s (thousands)")
+        ax2.set_ylabel("fraction of one core busy")
+        ax2.set_ylim(0, 1.05)
+        ax.set_title(f"{wl}", fontsize=11)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    fig.suptitle("MODEL, not a measurement: discrete-event simulation calibrated with the CPU costs measured "
+                 f"here ({suite} suite)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_plots(res: dict, out_dir: Path) -> list[Path]:
+    s, suite = res["sections"], res["suite"]
+    paths = []
+    if s.get("utilisation"):
+        paths.append(utilisation_plot(s["utilisation"], out_dir / f"{suite}_utilisation.png", suite))
+    if s.get("scheduling"):
+        paths.append(throughput_plot(s["scheduling"], out_dir / f"{suite}_throughput_by_mode.png", suite))
+    if s.get("scale_model"):
+        paths.append(scale_plot(s["scale_model"], out_dir / f"{suite}_scale_model.png", suite))
+    return paths
