@@ -3,11 +3,12 @@
 Every actor of the runtime exposes ``deliver(batch) -> load``: it only enqueues the items and returns
 at once (the ack), reporting its current load. A sender keeps one :class:`Outbox`; per destination it
 
-* sends a message **at once** (same event-loop tick) when nothing is in flight to that destination,
-  so a lone row never waits on others;
-* while a call is in flight, lets messages accumulate and sends them **together** when the call
+* sends a message **at once** (same event-loop tick; items sent in one tick travel together) while
+  fewer than ``max_inflight`` (2) calls are in flight to that destination, so a lone row never waits
+  on others, not even on the ack of the previous call;
+* while those calls are in flight, lets messages accumulate and sends them **together** when a call
   returns, or after a short adaptive window (the smoothed round trip, at most ``window_s``, 2 ms by
-  default), whichever comes first, with at most ``max_inflight`` calls per destination.
+  default), whichever comes first (at most ``4 × max_inflight`` calls in flight).
 
 Items stay "held" by the sender until the receiver has acknowledged them (``on_ack``), so a message
 is always held by at least one live actor: this is what the driver's lost-row scan relies on.
@@ -90,40 +91,52 @@ class Outbox:
         self._idle.clear()
         if not self.coalesce:
             self._flush(dest, lane)
-        elif lane.inflight == 0:
+        elif lane.inflight < self.max_inflight:
             if not lane.scheduled:   # same tick: items sent in this tick travel together
                 lane.scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_scheduled, dest, lane)
-        elif lane.timer is None:
+        else:
+            self._arm(dest, lane)
+
+    def _arm(self, dest: Hashable, lane: _Lane) -> None:
+        """Bound the wait of queued items while the lane's calls are all in flight."""
+        if lane.timer is None:
             delay = min(self.window_s, self._rtt)
             lane.timer = asyncio.get_running_loop().call_later(delay, self._window_elapsed, dest, lane)
 
     def _flush_scheduled(self, dest: Hashable, lane: _Lane) -> None:
         lane.scheduled = False
-        if lane.inflight == 0:
-            self._flush(dest, lane)
-
-    def _window_elapsed(self, dest: Hashable, lane: _Lane) -> None:
-        lane.timer = None
         if lane.inflight < self.max_inflight:
             self._flush(dest, lane)
-        elif lane.queue:  # still saturated: the returning call will flush
-            pass
+        elif lane.queue:
+            self._arm(dest, lane)
+
+    def _window_elapsed(self, dest: Hashable, lane: _Lane) -> None:
+        """The window is over and the calls are still out: send anyway (up to a hard cap of calls)."""
+        lane.timer = None
+        if lane.queue and lane.inflight < 4 * self.max_inflight:
+            self._send_batch(dest, lane)
+        if lane.queue:
+            self._arm(dest, lane)
 
     def _flush(self, dest: Hashable, lane: _Lane) -> None:
+        """Send what is queued: one batch (coalescing), or every item on its own (not coalescing)."""
         while lane.queue and lane.inflight < self.max_inflight:
-            batch = lane.queue[: self.max_batch]
-            del lane.queue[: self.max_batch]
-            lane.inflight += 1
-            lane.inflight_items += len(batch)
-            self.stats.record(len(batch))
-            ref = getattr(lane.handle, lane.method).remote(batch)
-            asyncio.ensure_future(self._await_ack(dest, lane, batch, ref))
+            self._send_batch(dest, lane)
             if self.coalesce:
                 break
         if lane.timer is not None and not lane.queue:
             lane.timer.cancel()
             lane.timer = None
+
+    def _send_batch(self, dest: Hashable, lane: _Lane) -> None:
+        batch = lane.queue[: self.max_batch]
+        del lane.queue[: self.max_batch]
+        lane.inflight += 1
+        lane.inflight_items += len(batch)
+        self.stats.record(len(batch))
+        ref = getattr(lane.handle, lane.method).remote(batch)
+        asyncio.ensure_future(self._await_ack(dest, lane, batch, ref))
 
     async def _await_ack(self, dest: Hashable, lane: _Lane, batch: list, ref: Any) -> None:
         loop = asyncio.get_running_loop()
