@@ -23,14 +23,30 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": False}
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
+        _use_local_token()
         ray.init(address=address, **common)
         return False
-    # Ray enables token authentication for a new local cluster by default and warns about it on every
-    # start: keep it on, without the warning.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # (Ray enables token authentication for a new local cluster by default and warns about it on every
+    # start: it stays on, without the warning.)
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
     return True
+
+
+def _use_local_token() -> None:
+    """Attaching to a cluster started with token authentication (the default of ``ray start`` since Ray
+    2.5x) needs the token mode on in this process: turn it on when a token is available locally
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``) and the user set no mode."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:   # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def this_node_id() -> str:
