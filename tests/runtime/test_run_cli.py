@@ -1,0 +1,65 @@
+"""`mxc run` refuses unusable input, output and options with exit status 2 and a clear message,
+before starting Ray (the runs themselves are tested in test_run_semantics / test_run_resume)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ir_fixtures as F
+import pytest
+
+from matrixlang.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    ir = tmp_path / "coral.json"
+    ir.write_text(json.dumps(F.coral()))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "question": "q", "choices": ["x"]}) + "\n")
+    return {"ir": ir, "in": inp, "out": tmp_path / "out.jsonl", "dir": tmp_path}
+
+
+def mxc_run(capsys, *args: str) -> tuple[int, str]:
+    code = main(["run", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--replicas", "teacher"], "--replicas expects AGENT=N"),
+    (["--replicas", "nobody=2"], "no agent 'nobody'"),
+    (["--replicas", "teacher=0"], "must be at least 1"),
+    (["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
+    (["--limit", "-1"], "--limit must be >= 0"),
+])
+def test_bad_options_exit_2(capsys, files, extra, message):
+    code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim",
+                        *extra)
+    assert code == 2 and message in err
+    assert not files["out"].exists()
+
+
+def test_missing_input_and_existing_output_exit_2(capsys, files):
+    code, err = mxc_run(capsys, files["ir"], "--input", files["dir"] / "nope.jsonl", "--output", files["out"],
+                        "--backend", "sim")
+    assert code == 2 and "no such file" in err
+    files["out"].write_text('{"kept": true}\n')
+    code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim")
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    assert files["out"].read_text() == '{"kept": true}\n'      # untouched
+
+
+def test_unusable_workflows(capsys, files):
+    bad_ir = files["dir"] / "bad.json"
+    bad_ir.write_text(json.dumps({**F.coral(), "ir_version": "9.0"}))
+    code, err = mxc_run(capsys, bad_ir, "--input", files["in"], "--output", files["out"], "--backend", "sim")
+    assert code == 2 and "ir_version" in err
+    code, err = mxc_run(capsys, files["dir"] / "x.json", "--input", files["in"], "--output", files["out"])
+    assert code == 1 and "x.json" in err
+    broken = files["dir"] / "broken.mx"
+    broken.write_text((ROOT / "workflows" / "coral.mx").read_text().replace("-> student", "-> studnet", 1))
+    code, err = mxc_run(capsys, broken, "--input", files["in"], "--output", files["out"], "--backend", "sim")
+    assert code == 1 and "studnet" in err
