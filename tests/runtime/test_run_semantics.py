@@ -77,7 +77,8 @@ def curate_rows(n: int) -> list:
 
 
 @pytest.mark.parametrize("name, ir, rows, kw", [
-    ("coral", F.coral(), coral_rows(24) + ["not json", {"id": "x", "question": 1, "choices": []}], {}),
+    ("coral", F.coral(), coral_rows(24) + ["not json", {"id": "x", "question": 1, "choices": []}],
+     {"replicas": {"teacher": 2, "student": 2}}),
     ("curate", F.curate(), curate_rows(30), {}),
     ("loop", F.loop(max_steps=4), [{"n": i} for i in range(10)] + [{}], {"limit": 7, "max_in_flight": 3}),
     ("start", F.start_guarded(), [{"kind": k} for k in ("x", "skip", "bad", "other", "x")], {}),
@@ -89,6 +90,8 @@ def test_ray_run_writes_every_row_once_as_the_engine_does(ray_local, tmp_path, n
     assert got == reference(ir, rows)
     assert summary["rows"] == len(rows) == sum(summary["by_status"].values()) == summary["input_rows"]
     assert 1 <= summary["peak_in_flight"] <= kw["max_in_flight"]
+    for role, n in kw.get("replicas", {}).items():
+        assert summary["agents"][role]["replicas"] == n
 
 
 LOOP_TABLE = [
