@@ -49,6 +49,7 @@ class AgentConfig:
     call_retries: int = 3
     call_timeout_s: float = 120.0
     openai: dict = field(default_factory=dict)   # model → openai_client.OpenAIModel (resolved by the driver)
+    vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 
 
 def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, str, dict]:
@@ -156,7 +157,7 @@ class AgentActor:
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
             return await self._finish(msg, texts)
         t0 = time.perf_counter()
-        if isinstance(call, LLMCall) and call.model in self.cfg.openai:
+        if isinstance(call, LLMCall) and (call.model in self.cfg.openai or call.model in self.cfg.vllm):
             reply, err = await self._call_openai(call, row_key(msg.id))
             if reply is None:
                 eng.fail(msg, "error", "model_error", err, time.time())
@@ -287,7 +288,12 @@ class AgentActor:
 
         client = self._clients.get(call.model)
         if client is None:
-            client = self._clients[call.model] = OpenAIClient(self.cfg.openai[call.model])
+            if call.model in self.cfg.vllm:      # backend vllm: Serve handles to the replicas
+                from .serve_deploy import ServeClient
+
+                client = self._clients[call.model] = ServeClient(self.cfg.vllm[call.model])
+            else:
+                client = self._clients[call.model] = OpenAIClient(self.cfg.openai[call.model])
         try:
             return await client.call(call, key), ""
         except ModelCallError as e:

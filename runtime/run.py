@@ -80,7 +80,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     actors: dict[str, Any] = {}
     try:
         topo = _topology(engine, opts)
-        actors = _launch(engine, topo, opts, out_path, openai)
+        actors = _launch(engine, topo, opts, out_path, openai, _vllm_models(engine))
         done, cut = ray.get(actors["sink"].done_ids.remote())
         done_ids = set(done)
         cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
@@ -120,11 +120,6 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
             raise RunError(f"--replicas {name}={n}: no agent {name!r} (agents: {', '.join(engine.agents)})")
         if n < 1:
             raise RunError(f"--replicas {name}={n}: must be at least 1")
-    for name, spec in engine.agents.items():
-        if spec.kind == "llm" and engine.model_backend(spec.model) == "vllm":
-            raise RunError(
-                f"agent {name!r} uses model {spec.model!r} with backend 'vllm', which `mxc run` does not "
-                f"deploy yet: serve it and use backend \"openai\", or run with --backend sim")
     if opts.input != "-" and not Path(opts.input).is_file():
         raise RunError(f"input {opts.input!r}: no such file")
     if any(a.kind == "tool" for a in engine.agents.values()):
@@ -160,7 +155,8 @@ def _topology(engine: Engine, opts: RunOptions) -> Topology:
                     central=opts.orchestrator == "central")
 
 
-def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, openai: dict) -> dict[str, Any]:
+def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, openai: dict,
+            vllm: dict) -> dict[str, Any]:
     """Start the run's actors and wait until every one answers."""
     actors: dict[str, Any] = {}
     mode = "append" if opts.resume else "new"
@@ -182,7 +178,7 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
             for i in range(n):
                 actors[topo.tool(tool, i)] = ToolService.options(
                     name=topo.tool(tool, i), scheduling_strategy="SPREAD").remote()
-    cfg = AgentConfig(ir=engine.ir, openai=openai, topo=topo, seed=opts.seed, backend=opts.backend,
+    cfg = AgentConfig(ir=engine.ir, openai=openai, vllm=vllm, topo=topo, seed=opts.seed, backend=opts.backend,
                       offload_threshold=opts.offload_threshold, coalesce=opts.coalesce, window_s=opts.window_s,
                       measure_bytes=opts.measure_bytes,
                       call_retries=int(engine.limits.get("retries", 3)),
@@ -217,6 +213,19 @@ def _openai_models(engine: Engine) -> dict:
         return {m: spec for m, spec in resolve_models(engine.ir).items() if m in used}
     except ValueError as e:
         raise RunError(f"unusable model configuration: {e}") from e
+
+
+def _vllm_models(engine: Engine) -> dict:
+    """The ``vllm`` models the agents call: their Serve applications must be running (``mxc serve``)."""
+    used = [s.model for s in engine.agents.values() if s.kind == "llm" and engine.model_backend(s.model) == "vllm"]
+    if not used:
+        return {}
+    from .serve_deploy import ServeDeployError, resolve_models
+
+    try:
+        return resolve_models(engine.ir, sorted(set(used)))
+    except ServeDeployError as e:
+        raise RunError(str(e)) from e
 
 
 def _collect_stats(actors: dict[str, Any]) -> dict[str, Any]:
