@@ -25,7 +25,7 @@ import ray
 
 from .cluster import Handles, Topology, actor_info
 from .store import RefStore
-from .transport import Outbox
+from .transport import Outbox, spawn
 
 
 def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
@@ -104,6 +104,7 @@ class Sink:
         self.refs = RefStore()
         self._handles = Handles(topo)
         self._outbox: Outbox | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._completions: list = []
         self._event: asyncio.Event | None = None
         self.duplicates = 0
@@ -143,7 +144,7 @@ class Sink:
         sink reads the objects from its node's object store (a text over Ray's inline limit travels
         back through the object store again)."""
         for reply_to, req_id, row, keys in batch:
-            asyncio.ensure_future(self._answer(reply_to, req_id, row, keys))
+            spawn(self._answer(reply_to, req_id, row, keys), self._tasks)
         return 0
 
     async def _answer(self, reply_to: str, req_id: int, row: Hashable, keys: list[str]) -> None:

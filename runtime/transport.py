@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,7 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = 0                    # items queued or in flight, all lanes
+        self._tasks: set[asyncio.Task] = set()
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, dest: Hashable, handle: Any, item: Any, method: str = "deliver") -> None:
@@ -136,7 +137,7 @@ class Outbox:
         lane.inflight_items += len(batch)
         self.stats.record(len(batch))
         ref = getattr(lane.handle, lane.method).remote(batch)
-        asyncio.ensure_future(self._await_ack(dest, lane, batch, ref))
+        spawn(self._await_ack(dest, lane, batch, ref), self._tasks)
 
     async def _await_ack(self, dest: Hashable, lane: _Lane, batch: list, ref: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -197,6 +198,14 @@ class Outbox:
     async def drain(self) -> None:
         """Wait until every queued item has been acknowledged (or failed)."""
         await self._idle.wait()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task]) -> asyncio.Task:
+    """Start ``coro`` as a task kept in ``tasks`` until it ends (the event loop holds tasks weakly)."""
+    task = asyncio.ensure_future(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
 
 
 def pick_two(keys: Sequence[Hashable], load: Callable[[Hashable], int], rng: random.Random) -> Hashable:
