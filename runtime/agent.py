@@ -31,7 +31,7 @@ from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
-from .transport import Outbox, pick_two
+from .transport import Outbox, pick_two, spawn
 
 
 @dataclass(slots=True)
@@ -89,6 +89,7 @@ class AgentActor:
         self._waiting: dict[int, asyncio.Future] = {}      # req_id -> reply future
         self._deadlines: dict[int, float] = {}              # req_id -> monotonic deadline
         self._sweeper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()              # one per message being processed
         self._clients: dict = {}                            # model → OpenAIClient
         self.cache = TextCache()                            # offloaded texts seen here
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
@@ -118,7 +119,7 @@ class AgentActor:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         for msg in batch:
             self.held[row_key(msg.id)] += 1
-            asyncio.ensure_future(self._run(msg))
+            spawn(self._run(msg), self._tasks)
         return len(self.held)
 
     async def replies(self, batch: list[tuple]) -> int:

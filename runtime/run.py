@@ -249,14 +249,16 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
     for role in topo.roles:
         lat: list[float] = []
         calls = 0
+        per_replica = []
         for name in topo.agents(role):
             s = stats.get(name, {})
             lat.extend(s.get("latencies", []))
             calls += s.get("calls", 0)
+            per_replica.append(s.get("calls", 0))
             hop_bytes += s.get("hop_bytes", 0)
             hops += s.get("hops", 0)
         calls_total += calls
-        agents[role] = {"replicas": topo.roles[role], "calls": calls,
+        agents[role] = {"replicas": topo.roles[role], "calls": calls, "replica_calls": per_replica,
                         "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95)}
     for s in stats.values():
         ob = s.get("outbox") if isinstance(s, dict) else None

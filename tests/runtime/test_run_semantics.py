@@ -92,6 +92,8 @@ def test_ray_run_writes_every_row_once_as_the_engine_does(ray_local, tmp_path, n
     assert 1 <= summary["peak_in_flight"] <= kw["max_in_flight"]
     for role, n in kw.get("replicas", {}).items():
         assert summary["agents"][role]["replicas"] == n
+        assert len(summary["agents"][role]["replica_calls"]) == n
+        assert all(c > 0 for c in summary["agents"][role]["replica_calls"])     # load is spread
 
 
 LOOP_TABLE = [
