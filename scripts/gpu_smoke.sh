@@ -18,6 +18,7 @@ TP=${TP:-1}
 PP=${PP:-1}
 ROWS=${ROWS:-16}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-2048}
+MAX_TOKENS=${MAX_TOKENS:-64}
 ENGINE_ARGS=${ENGINE_ARGS:-}          # e.g. "enforce_eager=true max_num_seqs=64"
 
 if [[ "${ALLOW_CPU:-0}" != 1 ]]; then
@@ -45,13 +46,16 @@ if [[ -z "${RAY_ADDRESS:-}" ]]; then
 import signal, sys, ray
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 ray.init(include_dashboard=False, logging_level="ERROR")
-print(ray.get_runtime_context().gcs_address)
+import os
+print(ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE", ""))
 signal.pause()' >"$WORK/ray.addr" 2>"$WORK/ray.log" &
   RAY_PID=$!
   for _ in $(seq 120); do [[ -s "$WORK/ray.addr" ]] && break; sleep 1; done
   [[ -s "$WORK/ray.addr" ]] || { echo "gpu_smoke: Ray did not start:" >&2; cat "$WORK/ray.log" >&2; exit 2; }
-  RAY_ADDRESS=$(head -1 "$WORK/ray.addr")
+  read -r RAY_ADDRESS auth_mode <"$WORK/ray.addr"
   export RAY_ADDRESS
+  # a new local Ray enables token authentication (token in ~/.ray/auth_token): clients must say so
+  if [[ -n "$auth_mode" ]]; then export RAY_AUTH_MODE=$auth_mode; fi
 fi
 
 cat >"$WORK/smoke.mx" <<EOF
@@ -65,7 +69,7 @@ model llm {
   tensor_parallel = $TP
   pipeline_parallel = $PP
   max_model_len = $MAX_MODEL_LEN
-  max_tokens = 64
+  max_tokens = $MAX_TOKENS
   temperature = 0.7
 }
 agent writer {

@@ -102,8 +102,10 @@ def connect(address: str | None, local: bool) -> bool:
             return True
         except (ConnectionError, RuntimeError, ValueError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    hint = ("\n  a cluster with token authentication needs RAY_AUTH_MODE=token here (token: ~/.ray/auth_token)"
+            if not os.environ.get("RAY_AUTH_MODE") else "")
     print(f"mxc serve: no Ray cluster at {address!r} ({why}).\n"
-          f"  start one with `ray start --head` (or pass --address), or use --foreground", file=sys.stderr)
+          f"  start one with `ray start --head` (or pass --address), or use --foreground{hint}", file=sys.stderr)
     return False
 
 
