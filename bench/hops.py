@@ -37,7 +37,7 @@ from matrixlang.runtime.cluster import connect  # noqa: E402
 from matrixlang.runtime.engine import Engine, Reply  # noqa: E402
 from matrixlang.runtime.run import RunOptions, run  # noqa: E402
 from matrixlang.runtime.simmodel import sim_reply  # noqa: E402
-from matrixlang.runtime.transport import Outbox  # noqa: E402
+from matrixlang.runtime.transport import Outbox, unpack  # noqa: E402
 
 # ---- workflows -----------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class CoalescedRelay:
         if self.box is None:
             self.box = Outbox(coalesce=self.coalesce)
         now = time.time()
-        for msg in batch:
+        for msg in unpack(batch):
             self.lat.append(now - msg["t"])
             msg["left"] -= 1
             if msg["left"] > 0:

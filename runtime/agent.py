@@ -31,7 +31,7 @@ from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
-from .transport import Outbox, pick_two, spawn
+from .transport import Outbox, pick_two, spawn, unpack
 
 
 @dataclass(slots=True)
@@ -115,15 +115,17 @@ class AgentActor:
                                   on_ack=self._on_ack, on_error=self._on_error)
         return self._outbox
 
-    async def deliver(self, batch: list[Message]) -> int:
+    async def deliver(self, batch: bytes | list[Message]) -> int:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
+        batch = unpack(batch)
         for msg in batch:
             self.held[row_key(msg.id)] += 1
             spawn(self._run(msg), self._tasks)
         return len(self.held)
 
-    async def replies(self, batch: list[tuple]) -> int:
+    async def replies(self, batch: bytes | list[tuple]) -> int:
         """Model replies from the sim service: ``(req_id, text, prompt_tokens, completion_tokens)``."""
+        batch = unpack(batch)
         for req_id, text, ptok, ctok in batch:
             self._deadlines.pop(req_id, None)
             fut = self._waiting.pop(req_id, None)
@@ -242,8 +244,9 @@ class AgentActor:
             raise LookupError(f"offloaded texts {keys} are not in the store")
         return texts
 
-    async def fetched(self, batch: list[tuple[int, list | None]]) -> int:
+    async def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
         """Answers of the sink to ``_texts_of``: ``(req_id, [text] | None)``."""
+        batch = unpack(batch)
         for req_id, texts in batch:
             self._deadlines.pop(req_id, None)
             fut = self._waiting.pop(req_id, None)

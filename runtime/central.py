@@ -20,7 +20,7 @@ import ray
 from .cluster import Handles, Topology, actor_info
 from .message import Message
 from .sink import row_key
-from .transport import Outbox, pick_two
+from .transport import Outbox, pick_two, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -43,8 +43,9 @@ class Coordinator:
                                   on_ack=self._on_ack, on_error=self._on_error)
         return self._outbox
 
-    async def deliver(self, batch: list) -> int:
+    async def deliver(self, batch: bytes | list) -> int:
         """Accept messages (running: dispatch the next step) and output items (forward to the sink)."""
+        batch = unpack(batch)
         for item in batch:
             self.routed += 1
             if isinstance(item, Message):

@@ -21,7 +21,7 @@ import ray
 
 from .cluster import Handles, Topology, actor_info
 from .simmodel import SimCapacity, sim_reply
-from .transport import Outbox
+from .transport import Outbox, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -44,8 +44,9 @@ class SimService:
         self.peak_queued: dict[str, int] = dict.fromkeys(models, 0)
         self._load = 0
 
-    async def submit(self, batch: list[tuple]) -> int:
+    async def submit(self, batch: bytes | list[tuple]) -> int:
         """Accept requests (one-way); returns the load: sequences decoding plus queued."""
+        batch = unpack(batch)
         if self._outbox is None:
             self._outbox = Outbox(coalesce=self._coalesce)
         for req in batch:

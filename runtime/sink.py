@@ -25,7 +25,7 @@ import ray
 
 from .cluster import Handles, Topology, actor_info
 from .store import RefStore
-from .transport import Outbox, spawn
+from .transport import Outbox, spawn, unpack
 
 
 def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
@@ -110,8 +110,9 @@ class Sink:
         self.duplicates = 0
         self.lines = 0
 
-    async def deliver(self, batch: list[tuple[Hashable, str, dict]]) -> int:
+    async def deliver(self, batch: bytes | list[tuple[Hashable, str, dict]]) -> int:
         """Write rows: items are ``(key, json_line, info)``; ``info`` goes to the driver's completions."""
+        batch = unpack(batch)
         out: list[str] = []
         freed: list[Hashable] = []
         for key, line, info in batch:
@@ -132,17 +133,19 @@ class Sink:
             self._wake()
         return 0
 
-    def offload(self, batch: list[tuple[Hashable, str, str]]) -> int:
+    def offload(self, batch: bytes | list[tuple[Hashable, str, str]]) -> int:
         """Put offloaded texts in the object store, owned here: items are ``(row_key, key, text)``."""
+        batch = unpack(batch)
         for row, key, text in batch:
             self.refs.put(row, key, text)
         return 0
 
-    async def fetch(self, batch: list[tuple[str, int, Hashable, list[str]]]) -> int:
+    async def fetch(self, batch: bytes | list[tuple[str, int, Hashable, list[str]]]) -> int:
         """Requests for offloaded texts: items are ``(reply_to, req_id, row_key, keys)``; each is answered one-way,
         once every key is known, to the agent's ``fetched`` method as ``(req_id, [text] | None)``: the
         sink reads the objects from its node's object store (a text over Ray's inline limit travels
         back through the object store again)."""
+        batch = unpack(batch)
         for reply_to, req_id, row, keys in batch:
             spawn(self._answer(reply_to, req_id, row, keys), self._tasks)
         return 0

@@ -10,13 +10,14 @@ at once (the ack), reporting its current load. A sender keeps one :class:`Outbox
   returns, or after a short adaptive window (the smoothed round trip, at most ``window_s``, 2 ms by
   default), whichever comes first (at most ``4 × max_inflight`` calls in flight).
 
-Items stay "held" by the sender until the receiver has acknowledged them (``on_ack``), so a message
+Batches travel as one C-pickle blob (:func:`pack`; receivers call :func:`unpack`). Items stay "held" by the sender until the receiver has acknowledged them (``on_ack``), so a message
 is always held by at least one live actor: this is what the driver's lost-row scan relies on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -66,8 +67,10 @@ class Outbox:
     """Per-destination coalescing one-way sender (asyncio; one per actor or driver process)."""
 
     def __init__(self, *, coalesce: bool = True, window_s: float = 0.002, max_batch: int = 2048,
-                 max_inflight: int = 2, on_ack: AckFn | None = None, on_error: ErrorFn | None = None):
+                 max_inflight: int = 2, on_ack: AckFn | None = None, on_error: ErrorFn | None = None,
+                 packed: bool = True):
         self.coalesce = coalesce
+        self.packed = packed
         self.window_s = window_s
         self.max_batch = max_batch if coalesce else 1
         self.max_inflight = max_inflight if coalesce else 1 << 30
@@ -136,7 +139,7 @@ class Outbox:
         lane.inflight += 1
         lane.inflight_items += len(batch)
         self.stats.record(len(batch))
-        ref = getattr(lane.handle, lane.method).remote(batch)
+        ref = getattr(lane.handle, lane.method).remote(pack(batch) if self.packed else batch)
         spawn(self._await_ack(dest, lane, batch, ref), self._tasks)
 
     async def _await_ack(self, dest: Hashable, lane: _Lane, batch: list, ref: Any) -> None:
@@ -198,6 +201,17 @@ class Outbox:
     async def drain(self) -> None:
         """Wait until every queued item has been acknowledged (or failed)."""
         await self._idle.wait()
+
+
+def pack(batch: list) -> bytes:
+    """A batch as one C-pickle blob. Ray serializes call arguments with cloudpickle, whose per-object
+    hooks cost ~3x the C pickler on messages; a blob of bytes it passes through as is."""
+    return pickle.dumps(batch, protocol=5)
+
+
+def unpack(batch: list | bytes) -> list:
+    """The items of a delivered batch (packed by :func:`pack`, or a plain list)."""
+    return pickle.loads(batch) if isinstance(batch, bytes) else batch
 
 
 def spawn(coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task]) -> asyncio.Task:

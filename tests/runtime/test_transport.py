@@ -7,7 +7,7 @@ import random
 
 import pytest
 import ray
-from matrixlang.runtime.transport import Outbox, pick_two
+from matrixlang.runtime.transport import Outbox, pack, pick_two, unpack
 
 pytestmark = pytest.mark.ray
 
@@ -20,8 +20,8 @@ class Recorder:
         self.batches: list[list] = []
         self.delay_s, self.load = delay_s, load
 
-    async def deliver(self, batch: list) -> int:
-        self.batches.append(list(batch))
+    async def deliver(self, batch: bytes | list) -> int:
+        self.batches.append(unpack(batch))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return self.load
@@ -125,3 +125,9 @@ def test_pick_two_prefers_the_less_loaded():
     picks = [pick_two(list(three), three.__getitem__, rng) for _ in range(200)]
     assert "c" not in picks           # c loses every pair it is drawn in
     assert picks.count("b") > picks.count("a")
+
+
+def test_pack_round_trip():
+    batch = [{"id": 1, "text": "é" * 3}, ("req", 2, None), "line"]
+    assert unpack(pack(batch)) == batch
+    assert unpack(batch) is batch              # plain lists pass through
