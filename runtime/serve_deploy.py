@@ -187,12 +187,26 @@ def wait_running(apps: list[str], timeout_s: float, progress: Callable[[str], No
 def _app_message(s: Any) -> str:
     if s is None:
         return "not deployed"
-    parts = [s.message] if s.message else []
+    parts = [_brief(s.message)] if s.message else []
     for d in s.deployments.values():
         if d.message:
-            parts.append(d.message)
-    text = " | ".join(parts) or "(no message)"
-    return text if len(text) < 2000 else text[:2000] + " ..."
+            parts.append(_brief(d.message))
+    return " | ".join(parts) or "(no message)"
+
+
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)): \S")
+
+
+def _brief(text: str) -> str:
+    """A Serve status message without its tracebacks: the first line and the exceptions raised."""
+    lines = text.strip().splitlines()
+    if len(lines) <= 2:
+        return text.strip()
+    excs: list[str] = []
+    for ln in lines[1:]:
+        if _EXC_LINE.match(ln) and "Traceback (most recent" not in ln and ln.strip() not in excs:
+            excs.append(ln.strip())
+    return " ".join([lines[0].strip(), *(e[:400] for e in excs[-2:])])
 
 
 def status(ir: dict) -> list[dict]:

@@ -302,3 +302,32 @@ def test_render_prompt_with_and_without_a_chat_template(tokenizer):
         assert render_prompt(tokenizer, msgs) == "system: S\nuser: U\nassistant:"
     finally:
         tokenizer.chat_template = template
+
+
+def test_a_deploy_that_cannot_start_is_reported(ray_local, tmp_path):
+    """A model vLLM cannot load: `mxc serve` gives up with Serve's reason (exit 1), --status says
+    DEPLOY_FAILED (exit 1), `mxc run` refuses the workflow, --shutdown removes the application."""
+    import ray
+    from matrixlang.runtime.run import RunError, RunOptions, run
+
+    prog = tmp_path / "broken.mx"
+    missing = tmp_path / "no-such-model"
+    prog.write_text(WORKFLOW.format(name="vllm_broken", model=f'''  backend = "vllm"
+  name = "{missing}"
+  max_model_len = {MAX_MODEL_LEN}'''))
+    address = ray.get_runtime_context().gcs_address
+    r = mxc("serve", str(prog), "--address", address, "--timeout", "900", timeout=1000, env=ENGINE_ENV)
+    try:
+        assert r.returncode == 1, r.stderr[-3000:]
+        assert "mx-vllm_broken-tiny: deploy failed" in r.stderr and "no-such-model" in r.stderr
+        assert "Traceback" not in r.stderr.split("deploy failed", 1)[1]       # the reason, not the stack
+        st = mxc("serve", str(prog), "--status", "--json", "--address", address)
+        assert st.returncode == 1 and json.loads(st.stdout)[0]["status"] == "DEPLOY_FAILED"
+        inp = tmp_path / "in.jsonl"
+        write_rows(inp)
+        with pytest.raises(RunError, match=r"tiny \(mx-vllm_broken-tiny: deploy_failed\)"):
+            run(compile_file(prog), RunOptions(input=str(inp), output=str(tmp_path / "out.jsonl"),
+                                               progress="off", print_summary=False))
+    finally:
+        r = mxc("serve", str(prog), "--shutdown", "--address", address, timeout=300)
+    assert r.returncode == 0 and "removed mx-vllm_broken-tiny" in r.stdout, r.stderr
