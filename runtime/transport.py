@@ -227,5 +227,7 @@ def pick_two(keys: Sequence[Hashable], load: Callable[[Hashable], int], rng: ran
     n = len(keys)
     if n == 1:
         return keys[0]
-    a, b = rng.sample(range(n), 2)
+    a = int(rng.random() * n)
+    b = int(rng.random() * (n - 1))
+    b += b >= a                     # two distinct indices
     return keys[a] if load(keys[a]) <= load(keys[b]) else keys[b]
