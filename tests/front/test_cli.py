@@ -146,9 +146,12 @@ def script_results(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Excep
     """Every script's outcome. Scripts run concurrently (each starts several `mxc` processes, and most
     of a process's time is interpreter start-up); the commands within one script run in order."""
 
+    # pytest's mktemp is not thread-safe: make every work directory before the threads start.
+    work = {path: tmp_path_factory.mktemp(path.stem) for path in SCRIPTS}
+
     def one(path: Path) -> Exception | None:
         try:
-            run_script(path, tmp_path_factory.mktemp(path.stem))
+            run_script(path, work[path])
         except Exception as exc:  # reported by the script's own test
             return exc
         return None
