@@ -190,8 +190,10 @@ def _hold(sd, ir: dict, say) -> int:
         signal.signal(sig, lambda *_: stop.set())
     import ray
 
-    say(f"serving on the Ray cluster at {ray.get_runtime_context().gcs_address} "
-        f"(mxc run --address auto); Ctrl-C to stop")
+    addr = ray.get_runtime_context().gcs_address
+    auth = "RAY_AUTH_MODE=token " if os.environ.get("RAY_AUTH_MODE") == "token" else ""
+    say(f"serving on the Ray cluster at {addr}; Ctrl-C to stop. Run workflows with\n"
+        f"  {auth}mxc run FILE.mx -i IN.jsonl -o OUT.jsonl --address {addr}")
     stop.wait()
     sd.shutdown(ir)
     say("stopped")
