@@ -149,7 +149,11 @@ def deploy(ir: dict, *, models: list[str] | None = None, engine_args: dict | Non
         if progress:
             n = p["deployment"].get("num_replicas") or p["deployment"]["autoscaling_config"]["initial_replicas"]
             progress(f"deploying {p['app']}: {n} replica{'s' * (n != 1)} of {p['engine']['model']}")
-        serve._run(app, name=p["app"], route_prefix=None, _blocking=False)
+        submit = getattr(serve, "_run", None)     # returns at once; serve.run waits without a timeout
+        if submit is not None:
+            submit(app, name=p["app"], route_prefix=None, _blocking=False)
+        else:   # pragma: no cover - a Ray without serve._run
+            serve.run(app, name=p["app"], route_prefix=None)
     if wait:
         wait_running([p["app"] for p in plans.values()], timeout_s, progress)
     return plans
