@@ -118,8 +118,14 @@ def cluster_has_gpus() -> bool:
 
 
 def _serve():
+    """``ray.serve``, with a cached controller handle dropped when that controller is gone (another
+    process ran ``mxc serve --shutdown``), so the next call finds the current controller by name."""
     from ray import serve
+    from ray.serve import context
 
+    check = getattr(context, "_check_cached_client_alive", None)
+    if check is not None:
+        check()
     return serve
 
 

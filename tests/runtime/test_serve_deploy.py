@@ -164,3 +164,19 @@ def test_run_refuses_a_vllm_model_that_is_not_deployed(ray_local, ir, tmp_path):
         run(ir, RunOptions(input=str(rows), output=str(tmp_path / "out.jsonl"), progress="off",
                            print_summary=False))
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").stat().st_size == 0
+
+
+@pytest.mark.ray
+def test_status_after_another_process_shut_serve_down(ray_local, ir):
+    """This process caches Serve's controller; `mxc serve --shutdown` elsewhere kills it: the next
+    status call must find the new state (nothing deployed), not fail on the dead handle."""
+    import ray
+
+    sd.start_serve()
+    assert sd.status(ir)[0]["status"] == "NOT_DEPLOYED"        # caches the controller client
+    address = ray.get_runtime_context().gcs_address
+    code = f"import ray; from ray import serve; ray.init(address={address!r}, logging_level='ERROR'); serve.shutdown()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sd.status(ir) == [{"model": "big", "app": "mx-serve_plan-big", "status": "NOT_DEPLOYED",
+                              "replicas": {}, "message": ""}]
