@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="repeats per measurement (default: the suite's)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (bench/results)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--snapshot", nargs="?", const="HEAD", metavar="REF",
+                    help="benchmark a frozen copy of a commit (HEAD), immune to edits made meanwhile")
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -29,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     for s in only or []:
         if s not in SECTIONS:
             ap.error(f"unknown section {s!r} (sections: {', '.join(SECTIONS)})")
+
+    if args.snapshot:
+        from .snapshot import reexec
+
+        child = ["--suite", args.suite]
+        child += ["--only", args.only] if args.only else []
+        child += ["--repeats", str(args.repeats)] if args.repeats is not None else []
+        child += ["--no-plots"] if args.no_plots else []
+        return reexec(child, args.out.resolve(), args.snapshot)
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -29,6 +29,7 @@ class SuiteConfig:
     hop_hops: int = 20
     hop_in_flight: int = 256
     hop_rows_nocoalesce: int = 256
+    hop_lone: bool = True                  # also time a lone row's step, coalescing on and off
     # memory
     mem_levels: tuple[int, ...] = (1000, 5000, 10000)
     hold_s: float = 25.0
@@ -36,11 +37,13 @@ class SuiteConfig:
     off_rows: int = 128
     off_in_flight: int = 64
     off_repeats: int = 3
+    off_variants: tuple[str, ...] = ("reads_last", "reads_all")
     # scale model
     scale_nodes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 31)
     scale_workloads: tuple[str, ...] = ("coral", "curation", "tooluse")
     scale_warm_s: float = 40.0
     scale_measure_s: float = 60.0
+    scale_traces: int = 2000
 
     def overrides(self, wl: Workload, ir: dict) -> dict[str, dict]:
         """Per-model ``sim`` patches that apply the suite's latency and slot scales."""
@@ -62,16 +65,17 @@ SUITES: dict[str, SuiteConfig] = {
     "full": SuiteConfig("full"),
     "quick": SuiteConfig(
         "quick", repeats=1, in_flight=32, latency_scale=0.5, slots_scale=0.5,
-        rows={"coral": 96, "curation": 192, "tooluse": 64},
-        util_levels=(0.5, 1.0, 2.0, 4.0), util_rows_min=192, util_repeats=1,
-        hop_rows=256, hop_hops=10, hop_in_flight=128, hop_rows_nocoalesce=128,
-        hold_s=12.0, off_rows=48, off_in_flight=24, off_repeats=1,
-        scale_nodes=(1, 4, 16, 31), scale_workloads=("coral",), scale_warm_s=15.0, scale_measure_s=20.0),
+        rows={"coral": 64, "curation": 128, "tooluse": 64},
+        util_levels=(0.5, 1.0, 4.0), util_rows_min=128, util_repeats=1,
+        hop_rows=256, hop_hops=10, hop_in_flight=128, hop_rows_nocoalesce=128, hop_lone=False,
+        hold_s=8.0, off_rows=48, off_in_flight=24, off_repeats=1, off_variants=("reads_last",),
+        scale_nodes=(1, 8, 31), scale_workloads=("coral",), scale_warm_s=10.0, scale_measure_s=10.0,
+        scale_traces=500),
     "tiny": SuiteConfig(
         "tiny", repeats=1, in_flight=8, latency_scale=0.1, slots_scale=0.125,
         rows={"coral": 16, "curation": 24, "tooluse": 8},
         util_levels=(1.0, 2.0), util_rows_min=24, util_repeats=1,
-        hop_rows=32, hop_hops=4, hop_in_flight=16, hop_rows_nocoalesce=16,
-        mem_levels=(20, 60), hold_s=2.0, off_rows=6, off_in_flight=6, off_repeats=1,
-        scale_nodes=(1, 2), scale_workloads=("coral",), scale_warm_s=3.0, scale_measure_s=3.0),
+        hop_rows=32, hop_hops=4, hop_in_flight=16, hop_rows_nocoalesce=16, hop_lone=False,
+        mem_levels=(20, 60), hold_s=2.0, off_rows=6, off_in_flight=6, off_repeats=1, off_variants=("reads_last",),
+        scale_nodes=(1, 2), scale_workloads=("coral",), scale_warm_s=3.0, scale_measure_s=3.0, scale_traces=100),
 }

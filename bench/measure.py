@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import _thread
 import statistics
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,10 @@ from matrixlang.runtime.run import RunOptions, run
 
 from .catalog import Workload
 from .monitor import RunMonitor
+
+# One simulator process hosts every simulated replica of a run: on 2 cores a second process adds no
+# parallelism, only start-up time (its CPU per call is reported as the "sim" group).
+SIM_ACTORS = 1
 
 MODES: dict[str, dict[str, str]] = {
     "p2p": {"schedule": "row", "orchestrator": "p2p"},
@@ -61,19 +67,42 @@ def model_stats(summary: dict) -> dict[str, dict]:
     return out
 
 
+class RunHung(RuntimeError):
+    """A run did not finish within its deadline (the runtime hung: see the message)."""
+
+
 def run_once(wl: Workload, mode: str, *, rows: int, in_flight: int, tmp: Path, seed: int = 0,
              overrides: dict[str, dict] | None = None, agents: dict[str, dict] | None = None,
-             keep_monitor: bool = False, **opts: Any) -> dict:
+             keep_monitor: bool = False, deadline_s: float = 900.0, **opts: Any) -> dict:
     """Run ``rows`` rows of ``wl`` in ``mode`` (p2p | batch | central); returns the measured figures
-    (with the :class:`RunMonitor` under ``_monitor`` when ``keep_monitor``)."""
+    (with the :class:`RunMonitor` under ``_monitor`` when ``keep_monitor``). A run still going after
+    ``deadline_s`` is interrupted (its actors are killed) and raises :class:`RunHung`."""
     ir = wl.ir(overrides, agents)
     inp = wl.write_input(tmp / f"{wl.name}-{rows}-{seed}.jsonl", rows, seed)
     out = tmp / f"{wl.name}.out.jsonl"
     run_id = f"b{uuid.uuid4().hex[:8]}"
+    opts.setdefault("sim_actors", SIM_ACTORS)
     o = RunOptions(input=str(inp), output=str(out), backend="sim", max_in_flight=in_flight, seed=seed,
                    overwrite=True, progress="off", print_summary=False, run_id=run_id, **MODES[mode], **opts)
-    with RunMonitor(run_id) as mon:
-        s = run(ir, o)
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        _thread.interrupt_main()
+
+    timer = threading.Timer(deadline_s, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        with RunMonitor(run_id) as mon:
+            s = run(ir, o)
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise RunHung(f"{wl.name} {mode} ({rows} rows, {in_flight} in flight, run id {run_id}) did not "
+                          f"finish in {deadline_s:g} s") from None
+        raise
+    finally:
+        timer.cancel()
     res = derive(wl, ir, s, mon, mode, out)
     if keep_monitor:
         res["_monitor"] = mon

@@ -21,7 +21,8 @@ VARIANTS = {"reads_last": None, "reads_all": {"writer": {"history": True}, "edit
 def run_offload(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> dict:
     wl = WORKLOADS["longhist"]
     out = {}
-    for variant, agents in VARIANTS.items():
+    for variant in cfg.off_variants:
+        agents = VARIANTS[variant]
         runs: dict[str, list[dict]] = {"offload": [], "inline": []}
         for rep in range(cfg.off_repeats):
             for mode, thr in (("offload", 512), ("inline", -1)):

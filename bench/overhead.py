@@ -43,17 +43,21 @@ def run_overhead(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> dic
         r = {"workflow": _workflow(ir, rows, tmp, k),
              "workflow_no_coalescing": _workflow(ir, rows[:cfg.hop_rows_nocoalesce], tmp, k, coalesce=False),
              "workflow_central": _workflow(ir, rows, tmp, k, orchestrator="central"),
+             "workflow_central_no_coalescing": _workflow(ir, rows[:cfg.hop_rows_nocoalesce], tmp, k,
+                                                         orchestrator="central", coalesce=False),
              "raw_relay": hops.relay("raw", k, cfg.hop_hops, payload),
              "coalesced_relay": hops.relay("coalesced", k, cfg.hop_hops, payload),
              "raw_relay_lone": hops.relay("raw", 1, 200, payload),
              "coalesced_relay_lone": hops.relay("coalesced", 1, 200, payload)}
-        lone = {c: hops.run_rows(ir, rows[:3], str(tmp), max_in_flight=1, coalesce=c) for c in (True, False)}
-        r["lone_row_ms_per_step"] = {("coalesced" if c else "not_coalesced"): 1e3 * s["elapsed_s"] / max(s["steps"], 1)
-                                     for c, s in lone.items()}
+        if cfg.hop_lone:
+            lone = {c: hops.run_rows(ir, rows[:3], str(tmp), max_in_flight=1, coalesce=c) for c in (True, False)}
+            r["lone_row_ms_per_step"] = {("coalesced" if c else "not_coalesced"): 1e3 * s["elapsed_s"] / max(s["steps"], 1)
+                                         for c, s in lone.items()}
         raw = r["raw_relay"]["hops_per_s"]
         r["ratios"] = {"workflow/raw": ratio(r["workflow"]["hops_per_s"], raw),
                        "workflow_no_coalescing/raw": ratio(r["workflow_no_coalescing"]["hops_per_s"], raw),
                        "workflow_central/raw": ratio(r["workflow_central"]["hops_per_s"], raw),
+                       "workflow_central_no_coalescing/raw": ratio(r["workflow_central_no_coalescing"]["hops_per_s"], raw),
                        "coalesced_relay/raw": ratio(r["coalesced_relay"]["hops_per_s"], raw)}
         r["added_latency_ms"] = {
             "lone_p50": r["coalesced_relay_lone"]["p50_ms"] - r["raw_relay_lone"]["p50_ms"],
@@ -65,23 +69,22 @@ def run_overhead(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> dic
             f"({r['ratios']['workflow/raw']:.2f}x raw relay {raw:,.0f}); no coalescing "
             f"{r['workflow_no_coalescing']['hops_per_s']:,.0f}; central {r['workflow_central']['hops_per_s']:,.0f}; "
             f"coalesced relay {r['coalesced_relay']['hops_per_s']:,.0f}")
-    keys = ("workflow/raw", "workflow_no_coalescing/raw", "workflow_central/raw", "coalesced_relay/raw")
+    keys = ("workflow/raw", "workflow_no_coalescing/raw", "workflow_central/raw", "workflow_central_no_coalescing/raw",
+            "coalesced_relay/raw")
+    flows = ("workflow", "workflow_no_coalescing", "workflow_central", "workflow_central_no_coalescing")
     summary = {
         "ratios": {key: spread(r["ratios"][key] for r in reps) for key in keys},
-        "hops_per_s": {w: spread(r[w]["hops_per_s"] for r in reps) for w in
-                       ("workflow", "workflow_no_coalescing", "workflow_central", "raw_relay", "coalesced_relay")},
+        "hops_per_s": {w: spread(r[w]["hops_per_s"] for r in reps) for w in (*flows, "raw_relay", "coalesced_relay")},
         "latency_ms": {w: {q: spread(r[w][q] for r in reps) for q in ("p50_ms", "p99_ms")}
                        for w in ("raw_relay_lone", "coalesced_relay_lone", "raw_relay", "coalesced_relay")},
         "added_latency_ms": {q: spread(r["added_latency_ms"][q] for r in reps) for q in reps[0]["added_latency_ms"]},
-        "lone_row_ms_per_step": {q: spread(r["lone_row_ms_per_step"][q] for r in reps)
+        "lone_row_ms_per_step": {q: spread(r["lone_row_ms_per_step"][q] for r in reps if "lone_row_ms_per_step" in r)
                                  for q in ("coalesced", "not_coalesced")},
         "cpu_per_hop_ms": {w: {g: spread(r[w]["cpu_per_hop_ms"].get(g) for r in reps)
-                               for g in reps[0][w]["cpu_per_hop_ms"]}
-                           for w in ("workflow", "workflow_no_coalescing", "workflow_central")},
+                               for g in reps[0][w]["cpu_per_hop_ms"]} for w in flows},
         "driver_ms_per_row": spread(r["workflow"]["driver_ms_per_row"] for r in reps),
         "sink_ms_per_row": spread(r["workflow"]["sink_ms_per_row"] for r in reps),
-        "cpu_util": {w: spread(r[w]["cpu"]["run_cpu_util"] for r in reps)
-                     for w in ("workflow", "workflow_no_coalescing", "workflow_central")},
+        "cpu_util": {w: spread(r[w]["cpu"]["run_cpu_util"] for r in reps) for w in flows},
     }
     return {"message_bytes": size, "hops": cfg.hop_hops, "rows": cfg.hop_rows, "in_flight": k,
             "summary": summary, "repeats": reps}

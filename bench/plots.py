@@ -11,7 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 MODE_LABELS = {"p2p": "row-level P2P", "batch": "batch (--schedule batch)", "central": "central (--orchestrator central)"}
-MODE_COLORS = {"p2p": "tab:blue", "batch": "tab:orange", "central": "tab:green", "central_full": "tab:red"}
+MODE_COLORS = {"p2p": "tab:blue", "batch": "tab:orange", "central": "tab:green", "central_full": "tab:red",
+               "p2p_per_message": "tab:blue", "central_per_message": "tab:green"}
+SCALE_LABELS = {"p2p": "P2P (agents route)", "central": "central hub, routing only",
+                "central_full": "central hub also running the step logic",
+                "p2p_per_message": "P2P, per-message costs (no coalescing)",
+                "central_per_message": "central hub, per-message costs (no coalescing)"}
 
 
 def _err(s: dict) -> tuple[float, list[list[float]]]:
@@ -83,25 +88,29 @@ def throughput_plot(sched: dict, path: Path, suite: str) -> Path:
 def scale_plot(sm: dict, path: Path, suite: str) -> Path:
     names = list(sm["curves"])
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.8), squeeze=False)
-    labels = {"p2p": "P2P (agents route)", "central": "central hub (routing only)",
-              "central_full": "central hub running the step logic"}
     for j, wl in enumerate(names):
         ax = axes[0][j]
         ax2 = ax.twinx()
         for mode, pts in sm["curves"][wl].items():
             xs = [p["nodes"] for p in pts]
-            ax.plot(xs, [p["tokens_per_s"] / 1e3 for p in pts], "o-", color=MODE_COLORS[mode], label=labels[mode])
-            if mode != "p2p":
+            per_msg = mode.endswith("per_message")
+            ax.plot(xs, [p["tokens_per_s"] / 1e3 for p in pts], "s--" if per_msg else "o-", color=MODE_COLORS[mode],
+                    alpha=0.6 if per_msg else 1.0, label=SCALE_LABELS[mode])
+            if mode.startswith("central"):
                 ax2.plot(xs, [p["utilisation"]["coordinator"] for p in pts], ":", color=MODE_COLORS[mode],
-                         alpha=0.8, label=f"coordinator CPU busy ({mode})")
+                         alpha=0.8, label=f"coordinator busy ({mode}, right axis)")
         p2p = sm["curves"][wl]["p2p"]
-        ax2.plot([p["nodes"] for p in p2p], [p["utilisation"]["driver"] for p in p2p], ":", color="tab:blue",
-                 alpha=0.8, label="driver CPU busy (p2p)")
-        sat = sm["findings"][wl]["coordinator_saturates_at_nodes"]
-        if sat:
-            ax.axvline(sat, color="tab:green", lw=0.8, ls="--")
-            ax.text(sat, ax.get_ylim()[1] * 0.95, f" coordinator\n saturated ({sat} nodes)", fontsize=8,
-                    color="tab:green", va="top")
+        ax2.plot([p["nodes"] for p in p2p], [p["utilisation"]["driver"] for p in p2p], ":", color="tab:purple",
+                 alpha=0.8, label="driver busy (p2p, right axis)")
+        f = sm["findings"][wl]
+        for key, color, what in (("coordinator_saturates_at_nodes", "tab:green", "hub"),
+                                 ("coordinator_per_message_saturates_at_nodes", "tab:olive", "hub, per message"),
+                                 ("hub_with_step_logic_saturates_at_nodes", "tab:red", "hub + step logic")):
+            sat = f.get(key)
+            if sat:
+                ax.axvline(sat, color=color, lw=0.8, ls="--")
+                ax.annotate(f"{what} saturated", (sat, 0), xytext=(3, 3), textcoords="offset points",
+                            fontsize=7, color=color, rotation=90, va="bottom")
         ax.set_xlabel("nodes (8 GPUs and 400 rows in flight each)")
         ax.set_ylabel("LLM tokens/s (thousands)")
         ax2.set_ylabel("fraction of one core busy")

@@ -37,6 +37,8 @@ def rows_of(res: dict) -> list[tuple[str, str, str, str]]:
              f"{fmt_spread(hp['workflow'], 0)} vs {fmt_spread(hp['raw_relay'], 0)} hops/s, {o['in_flight']} in flight, ~{o['message_bytes']} B"),
             ("3", "  same, no coalescing / raw relay", fmt_spread(sm["ratios"]["workflow_no_coalescing/raw"]), ""),
             ("3", "  same, central / raw relay", fmt_spread(sm["ratios"]["workflow_central/raw"]), ""),
+            ("3", "  same, central, no coalescing / raw relay",
+             fmt_spread(sm["ratios"].get("workflow_central_no_coalescing/raw", {})), ""),
             ("3", "coalesced relay (transport only) / raw relay", fmt_spread(sm["ratios"]["coalesced_relay/raw"]), ""),
             ("3", "latency coalescing adds, lone message p50 / p99 (ms)",
              f"{fmt_spread(sm['added_latency_ms']['lone_p50'])} / {fmt_spread(sm['added_latency_ms']['lone_p99'])}", "relay"),
@@ -46,6 +48,9 @@ def rows_of(res: dict) -> list[tuple[str, str, str, str]]:
             ("3", "CPU per hop, all run processes (ms): coalesced / not / central",
              " / ".join(fmt_spread(sm["cpu_per_hop_ms"][w]["all_run_processes"])
                         for w in ("workflow", "workflow_no_coalescing", "workflow_central")), ""),
+            ("3", "CPU per hop at the coordinator (ms): coalesced / not",
+             " / ".join(fmt_spread(sm["cpu_per_hop_ms"][w].get("coordinator", {}))
+                        for w in ("workflow_central", "workflow_central_no_coalescing") if w in sm["cpu_per_hop_ms"]), ""),
         ]
     m = s.get("memory")
     if m:
@@ -67,10 +72,13 @@ def rows_of(res: dict) -> list[tuple[str, str, str, str]]:
             for k, v in f.items():
                 if "/" in k:
                     out.append(("6", f"MODEL {wl}: {k}", "-" if v is None else f"{v:.2f}", ""))
-            out.append(("6", f"MODEL {wl}: coordinator saturates at (nodes)",
-                        str(f["coordinator_saturates_at_nodes"] or f"> {sc['nodes'][-1]}"),
-                        f"cap {f['central_hops_per_s_cap']:,.0f} hops/s; hub with step logic: "
-                        f"{f['hub_with_step_logic_saturates_at_nodes'] or '> ' + str(sc['nodes'][-1])} nodes"))
+            top = f"> {sc['nodes'][-1]}"
+            out.append(("6", f"MODEL {wl}: coordinator saturates at (nodes): batched / per message / + step logic",
+                        f"{f['coordinator_saturates_at_nodes'] or top} / "
+                        f"{f.get('coordinator_per_message_saturates_at_nodes') or top} / "
+                        f"{f['hub_with_step_logic_saturates_at_nodes'] or top}",
+                        f"caps {f['central_hops_per_s_cap']:,.0f} / {f.get('central_per_message_hops_per_s_cap', 0):,.0f} / "
+                        f"{f['central_full_hops_per_s_cap']:,.0f} hops/s; driver cap {f['driver_rows_per_s_cap']:,.0f} rows/s"))
     return out
 
 
@@ -84,6 +92,8 @@ def text(res: dict) -> str:
     rows = rows_of(res)
     w = max((len(r[1]) for r in rows), default=10)
     v = max((len(r[2]) for r in rows), default=10)
+    git = res.get("git") or {}
     head = (f"suite {res['suite']}: {res['machine']['cpus']} CPUs, load average at start "
-            f"{res['machine']['loadavg'][0]}, commit {res.get('git', '?')[:10]}")
+            f"{res['machine']['loadavg'][0]}, commit {str(git.get('commit', '?'))[:10]}"
+            f"{' (snapshot)' if git.get('snapshot') else ' (uncommitted changes)' if git.get('dirty') else ''}")
     return "\n".join([head] + [f"{a:>2}  {b:<{w}}  {c:<{v}}  {d}" for a, b, c, d in rows]) + "\n"

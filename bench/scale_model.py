@@ -40,13 +40,17 @@ from .catalog import WORKLOADS
 @dataclass(slots=True)
 class Costs:
     """CPU seconds: per step at the agent (transport only), per routed message at the coordinator,
-    per row at the driver and the sink; plus the workload's step logic (Engine) per step."""
+    per row at the driver and the sink; plus the workload's step logic (Engine) per step. The
+    ``*_1msg_s`` costs are those of every message travelling in its own Ray call (coalescing off):
+    an upper bound, for a hub whose messages fan out to too many destinations to batch."""
 
     agent_transport_s: float
     coord_hop_s: float
     driver_row_s: float
     sink_row_s: float
     engine_step_s: dict[str, float] = field(default_factory=dict)
+    agent_transport_1msg_s: float | None = None
+    coord_hop_1msg_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -61,6 +65,7 @@ class Scenario:
     gpu_latency_scale: float = 4.0
     agent_cores_per_node: int = 8
     net_s: float = 0.0005
+    per_message: bool = False          # the *_1msg_s costs (no coalescing) instead of the batched ones
     warm_s: float = 40.0
     measure_s: float = 60.0
     seed: int = 0
@@ -189,8 +194,10 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
     coord, driver, sink = _Cores(loop, 1), _Cores(loop, 1), _Cores(loop, 1)
     eng = costs.engine_step_s[name]
     central = sc.mode in ("central", "central_full")
-    agent_s = costs.agent_transport_s + (0.0 if sc.mode == "central_full" else eng)
-    coord_s = costs.coord_hop_s + (eng if sc.mode == "central_full" else 0.0)
+    transport = costs.agent_transport_1msg_s if sc.per_message else costs.agent_transport_s
+    hub = costs.coord_hop_1msg_s if sc.per_message else costs.coord_hop_s
+    agent_s = transport + (0.0 if sc.mode == "central_full" else eng)
+    coord_s = hub + (eng if sc.mode == "central_full" else 0.0)
     net = sc.net_s
     llm = set(wl.llm_models)
     t_lo, t_hi = sc.warm_s, sc.warm_s + sc.measure_s
@@ -287,57 +294,105 @@ def calibrate(overhead: dict, engine_costs: dict[str, float]) -> Costs:
 
     s = overhead["summary"]["cpu_per_hop_ms"]
     ping_engine = engine_step_s(hops.pingpong(overhead["hops"]), [{"id": i} for i in range(50)])
-    agent_ms = s["workflow"]["agents"]["median"]
-    coord_ms = s["workflow_central"]["coordinator"]["median"]
-    return Costs(agent_transport_s=max(agent_ms / 1e3 - ping_engine, 1e-6), coord_hop_s=coord_ms / 1e3,
+
+    def transport(flow: str) -> float:
+        return max(s[flow]["agents"]["median"] / 1e3 - ping_engine, 1e-6)
+
+    return Costs(agent_transport_s=transport("workflow"),
+                 coord_hop_s=s["workflow_central"]["coordinator"]["median"] / 1e3,
                  driver_row_s=overhead["summary"]["driver_ms_per_row"]["median"] / 1e3,
                  sink_row_s=overhead["summary"]["sink_ms_per_row"]["median"] / 1e3,
-                 engine_step_s=dict(engine_costs))
+                 engine_step_s=dict(engine_costs),
+                 agent_transport_1msg_s=transport("workflow_no_coalescing"),
+                 coord_hop_1msg_s=s["workflow_central_no_coalescing"]["coordinator"]["median"] / 1e3)
 
 
-MODES_MODELLED = ("p2p", "central", "central_full")
+# curve name -> (mode, per_message costs)
+MODES_MODELLED = {"p2p": ("p2p", False), "central": ("central", False), "central_full": ("central_full", False),
+                  "p2p_per_message": ("p2p", True), "central_per_message": ("central", True)}
 
 
-def run_scale_model(cfg, overhead: dict, log: Callable[[str], None]) -> dict:
-    """Curves (throughput vs nodes) per workload and mode, and where the coordinator saturates."""
+def validate(cfg, traces: list, costs: Costs, measured: dict) -> dict:
+    """The model of *this* machine's coral runs (one node: the suite's fleet, latencies and rows in
+    flight; 2 cores for the agents) next to the measured tokens/s of the scheduling section."""
+    wl = WORKLOADS["coral"]
+    sim = wl.ir()["models"]["llm"]["sim"]
+    out = {}
+    for mode in ("p2p", "central"):
+        sc = Scenario(nodes=1, mode=mode, gpus_per_node=sim["replicas"],
+                      seqs_per_gpu=max(1, round(sim["max_concurrency"] * cfg.slots_scale)),
+                      rows_per_node=cfg.in_flight, gpu_latency_scale=cfg.latency_scale, agent_cores_per_node=2,
+                      warm_s=cfg.scale_warm_s, measure_s=cfg.scale_measure_s)
+        p = simulate("coral", traces, costs, sc)
+        got = measured["per_mode"][mode]["steady_tokens_per_s"]["median"]
+        out[mode] = {"model_tokens_per_s": p["tokens_per_s"], "measured_steady_tokens_per_s": got,
+                     "measured/model": got / p["tokens_per_s"] if got and p["tokens_per_s"] else None}
+    return out
+
+
+def _findings(modes: dict[str, list[dict]], costs: Costs, engine_s: float) -> dict:
+    """Where each hub curve saturates (coordinator busy >= 95%), the caps, and P2P over central at
+    the largest cluster."""
+    def saturates(curve: str) -> int | None:
+        return next((p["nodes"] for p in modes[curve] if p["utilisation"]["coordinator"] >= 0.95), None)
+
+    last = {m: modes[m][-1] for m in MODES_MODELLED}
+    top = last["p2p"]["nodes"]
+
+    def vs(a: str, b: str) -> float | None:
+        return last[a]["tokens_per_s"] / last[b]["tokens_per_s"] if last[b]["tokens_per_s"] else None
+
+    return {
+        "coordinator_saturates_at_nodes": saturates("central"),
+        "coordinator_per_message_saturates_at_nodes": saturates("central_per_message"),
+        "hub_with_step_logic_saturates_at_nodes": saturates("central_full"),
+        "central_hops_per_s_cap": 1.0 / costs.coord_hop_s,
+        "central_per_message_hops_per_s_cap": 1.0 / costs.coord_hop_1msg_s,
+        "central_full_hops_per_s_cap": 1.0 / (costs.coord_hop_s + engine_s),
+        "driver_rows_per_s_cap": 1.0 / costs.driver_row_s,
+        f"p2p/central tokens_per_s at {top} nodes": vs("p2p", "central"),
+        f"p2p/central_full tokens_per_s at {top} nodes": vs("p2p", "central_full"),
+        f"p2p/central tokens_per_s at {top} nodes, per-message costs": vs("p2p_per_message", "central_per_message"),
+        "p2p_driver_utilisation_at_max_nodes": last["p2p"]["utilisation"]["driver"]}
+
+
+def run_scale_model(cfg, overhead: dict, log: Callable[[str], None], measured: dict | None = None) -> dict:
+    """Curves (throughput vs nodes) per workload and mode, and where the coordinator saturates;
+    with ``measured`` (the scheduling section), the model of this machine's coral runs next to them."""
     traces, eng = {}, {}
     for name in cfg.scale_workloads:
-        traces[name], eng[name] = workload_traces(name, 2000)
+        traces[name], eng[name] = workload_traces(name, cfg.scale_traces)
     costs = calibrate(overhead, eng)
-    log(f"scale model costs (ms): agent transport {costs.agent_transport_s * 1e3:.3f}/step, coordinator "
-        f"{costs.coord_hop_s * 1e3:.3f}/hop, driver {costs.driver_row_s * 1e3:.3f}/row, sink "
+    log(f"scale model costs (ms): agent transport {costs.agent_transport_s * 1e3:.3f}/step "
+        f"({costs.agent_transport_1msg_s * 1e3:.3f} per message), coordinator {costs.coord_hop_s * 1e3:.3f}/hop "
+        f"({costs.coord_hop_1msg_s * 1e3:.3f} per message), driver {costs.driver_row_s * 1e3:.3f}/row, sink "
         f"{costs.sink_row_s * 1e3:.3f}/row, engine " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in eng.items()))
     curves: dict[str, dict] = {}
     for name in cfg.scale_workloads:
         curves[name] = {}
-        for mode in MODES_MODELLED:
+        for curve, (mode, per_msg) in MODES_MODELLED.items():
             pts = []
             for n in cfg.scale_nodes:
-                sc = Scenario(nodes=n, mode=mode, warm_s=cfg.scale_warm_s, measure_s=cfg.scale_measure_s)
+                sc = Scenario(nodes=n, mode=mode, per_message=per_msg, warm_s=cfg.scale_warm_s,
+                              measure_s=cfg.scale_measure_s)
                 p = simulate(name, traces[name], costs, sc)
                 pts.append(p)
-                log(f"scale model {name:9} {mode:12} {n:3} nodes: {p['tokens_per_s']:11,.0f} tok/s "
+                log(f"scale model {name:9} {curve:20} {n:3} nodes: {p['tokens_per_s']:11,.0f} tok/s "
                     f"{p['hops_per_s']:9,.0f} hops/s  coordinator {p['utilisation']['coordinator']:.2f}  "
                     f"driver {p['utilisation']['driver']:.2f}  ({p['sim_wall_s']} s)")
-            curves[name][mode] = pts
-    findings = {}
-    for name, modes in curves.items():
-        sat = next((p["nodes"] for p in modes["central"] if p["utilisation"]["coordinator"] >= 0.95), None)
-        sat_full = next((p["nodes"] for p in modes["central_full"] if p["utilisation"]["coordinator"] >= 0.95), None)
-        last = {m: modes[m][-1] for m in MODES_MODELLED}
-        findings[name] = {
-            "coordinator_saturates_at_nodes": sat, "hub_with_step_logic_saturates_at_nodes": sat_full,
-            "central_hops_per_s_cap": 1.0 / costs.coord_hop_s,
-            "central_full_hops_per_s_cap": 1.0 / (costs.coord_hop_s + costs.engine_step_s[name]),
-            "driver_rows_per_s_cap": 1.0 / costs.driver_row_s,
-            f"p2p/central tokens_per_s at {last['p2p']['nodes']} nodes":
-                last["p2p"]["tokens_per_s"] / last["central"]["tokens_per_s"] if last["central"]["tokens_per_s"] else None,
-            f"p2p/central_full tokens_per_s at {last['p2p']['nodes']} nodes":
-                last["p2p"]["tokens_per_s"] / last["central_full"]["tokens_per_s"]
-                if last["central_full"]["tokens_per_s"] else None,
-            "p2p_driver_utilisation_at_max_nodes": last["p2p"]["utilisation"]["driver"]}
+            curves[name][curve] = pts
+    findings = {name: _findings(modes, costs, costs.engine_step_s[name]) for name, modes in curves.items()}
+    check = None
+    if measured and "coral" in measured and "coral" in traces:
+        check = validate(cfg, traces["coral"], costs, measured["coral"])
+        log("scale model vs this machine (coral, steady tokens/s): " + ", ".join(
+            f"{m} measured {v['measured_steady_tokens_per_s'] or 0:,.0f} / model {v['model_tokens_per_s']:,.0f}"
+            for m, v in check.items()))
     return {"label": "MODEL (discrete-event simulation calibrated with measured CPU costs), not a measurement",
+            "validation_this_machine": check,
             "costs_ms": {"agent_transport": costs.agent_transport_s * 1e3, "coordinator_per_hop": costs.coord_hop_s * 1e3,
+                         "agent_transport_per_message": costs.agent_transport_1msg_s * 1e3,
+                         "coordinator_per_message": costs.coord_hop_1msg_s * 1e3,
                          "driver_per_row": costs.driver_row_s * 1e3, "sink_per_row": costs.sink_row_s * 1e3,
                          "engine_per_step": {k: v * 1e3 for k, v in eng.items()}},
             "assumptions": {k: v for k, v in asdict(Scenario(nodes=31)).items() if k not in ("nodes", "mode", "seed")}

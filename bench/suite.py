@@ -22,12 +22,21 @@ SECTIONS = ("scheduling", "utilisation", "overhead", "memory", "offload", "scale
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def _git() -> str:
+def _git() -> dict:
+    """The commit measured, and whether the tree had uncommitted changes to what runs (a snapshot,
+    ``--snapshot``, never has)."""
+    snap = os.environ.get("MX_BENCH_SNAPSHOT")
+    if snap:
+        return {"commit": snap, "snapshot": True, "dirty": False}
+    here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "runtime", "matrixlang", "grammar", "bench"],
+                               cwd=here.parent, capture_output=True, text=True, timeout=10).stdout.strip()
     except OSError:
-        return "?"
+        return {"commit": "?", "snapshot": False, "dirty": None}
+    return {"commit": commit, "snapshot": False, "dirty": bool(dirty)}
 
 
 def _connect(connect: Callable[[str | None], bool], attempts: int = 3) -> bool:
@@ -65,7 +74,7 @@ def _section(name: str, cfg: SuiteConfig, tmp: Path, log: Callable[[str], None],
         if overhead is None:
             log("scale model: no overhead results to calibrate with; measuring them")
             overhead = res["sections"]["overhead"] = run_overhead(cfg, tmp, log)
-        return run_scale_model(cfg, overhead, log)
+        return run_scale_model(cfg, overhead, log, res["sections"].get("scheduling"))
     raise ValueError(f"unknown section {name!r} (sections: {', '.join(SECTIONS)})")
 
 
@@ -104,6 +113,7 @@ def run_suite(suite: str, only: list[str] | None = None, repeats: int | None = N
                                              "loadavg_start": [round(x, 2) for x in load0],
                                              "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                                              "git": res["git"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                path.write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")   # partial
     finally:
         if started:
             import ray

@@ -26,7 +26,7 @@ def run_utilisation(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> 
     levels = []
     for mult in cfg.util_levels:
         conc = max(1, round(slots * mult))
-        rows = max(cfg.util_rows_min, 3 * conc)
+        rows = max(cfg.util_rows_min, 2 * conc)
         runs = []
         for rep in range(cfg.util_repeats):
             r = run_once(wl, "p2p", rows=rows, in_flight=conc, tmp=tmp, seed=100 + rep, overrides=ov)

@@ -96,7 +96,7 @@ def test_report_and_plots_from_results(tmp_path):
 
     traces, eng = workload_traces("coral", 50)
     sec = {"scale_model": _tiny_scale_section(traces, eng)}
-    res = {"suite": "t", "git": "0" * 40, "machine": {"cpus": 2, "loadavg": [1.0, 1.0, 1.0]}, "sections": sec}
+    res = {"suite": "t", "git": {"commit": "0" * 40}, "machine": {"cpus": 2, "loadavg": [1.0, 1.0, 1.0]}, "sections": sec}
     md = report.markdown(res)
     assert "MODEL coral" in md and md.count("\n") >= 4
     paths = plots.make_plots(res, tmp_path)
@@ -107,14 +107,18 @@ def test_report_and_plots_from_results(tmp_path):
 def _tiny_scale_section(traces, eng) -> dict:
     from bench.scale_model import MODES_MODELLED
 
-    costs = Costs(0.0005, 0.002, 0.0002, 0.0002, {"coral": eng})
-    curves = {"coral": {m: [simulate("coral", traces, costs, Scenario(nodes=n, mode=m, warm_s=3, measure_s=3,
-                                                                     rows_per_node=50)) for n in (1, 2)]
-                        for m in MODES_MODELLED}}
-    sat = next((p["nodes"] for p in curves["coral"]["central"] if p["utilisation"]["coordinator"] >= 0.95), None)
+    costs = Costs(0.0005, 0.002, 0.0002, 0.0002, {"coral": eng}, agent_transport_1msg_s=0.002, coord_hop_1msg_s=0.02)
+    curves = {"coral": {c: [simulate("coral", traces, costs, Scenario(nodes=n, mode=m, per_message=pm, warm_s=3,
+                                                                     measure_s=3, rows_per_node=50)) for n in (1, 2)]
+                        for c, (m, pm) in MODES_MODELLED.items()}}
+    sat = next((p["nodes"] for p in curves["coral"]["central_per_message"] if p["utilisation"]["coordinator"] >= 0.95),
+               None)
+    assert sat == 2        # 50 rows per node: ~40 hops/s per node against a 50 hops/s hub
     return {"nodes": [1, 2], "curves": curves,
-            "findings": {"coral": {"coordinator_saturates_at_nodes": sat, "hub_with_step_logic_saturates_at_nodes": None,
-                                   "central_hops_per_s_cap": 500.0, "p2p/central tokens_per_s at 2 nodes": 1.0}}}
+            "findings": {"coral": {"coordinator_saturates_at_nodes": None, "hub_with_step_logic_saturates_at_nodes": None,
+                                   "coordinator_per_message_saturates_at_nodes": sat, "central_hops_per_s_cap": 500.0,
+                                   "central_per_message_hops_per_s_cap": 50.0, "central_full_hops_per_s_cap": 450.0,
+                                   "driver_rows_per_s_cap": 5000.0, "p2p/central tokens_per_s at 2 nodes": 1.0}}}
 
 
 @pytest.mark.slow
