@@ -20,7 +20,7 @@ import os
 import pickle
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -29,9 +29,9 @@ import ray
 from .cluster import Handles, Topology, actor_info
 from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
-from .sink import row_key
+from .sink import item_key, row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
-from .transport import Outbox, pick_two, spawn, unpack
+from .transport import Held, Outbox, pick_two, spawn, unpack
 
 
 @dataclass(slots=True)
@@ -83,7 +83,7 @@ class AgentActor:
         self.name = cfg.topo.agent(role, index)
         self.handles = Handles(cfg.topo)
         self.rng = random.Random(f"{self.name}:{os.getpid()}")
-        self.held: Counter = Counter()            # row key -> copies held (processing or unacked)
+        self.held = Held()  # row key -> copies held (processing or unacked)
         self.sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
         self._outbox: Outbox | None = None
         self._waiting: dict[int, asyncio.Future] = {}      # req_id -> reply future
@@ -142,7 +142,7 @@ class AgentActor:
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
         if not routed:
-            self._release(key)
+            self.held.release(key)
 
     async def _step(self, msg: Message) -> bool:
         """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
@@ -370,13 +370,6 @@ class AgentActor:
         self.outbox.send(("out", name), self.handles.get(name), item)
         return True
 
-    def _release(self, key: Hashable) -> None:
-        n = self.held[key] - 1
-        if n > 0:
-            self.held[key] = n
-        else:
-            self.held.pop(key, None)
-
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         kind = dest[0]
         if self._reroutes:
@@ -384,10 +377,10 @@ class AgentActor:
                 self._reroutes.pop(id(item), None)
         if kind == "agent":
             for msg in batch:
-                self._release(row_key(msg.id))
+                self.held.release(row_key(msg.id))
         elif kind == "out":
             for key, _, _ in batch:
-                self._release(key)
+                self.held.release(key)
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
@@ -405,12 +398,12 @@ class AgentActor:
 
     def _resend(self, dest: tuple, batch: list) -> None:
         for item in batch:
-            key = row_key(item.id) if isinstance(item, Message) else item[0]
+            key = item_key(item)
             tries = self._reroutes.get(id(item), 0) + 1
             if tries > 10:
                 self._reroutes.pop(id(item), None)
                 self.dropped += 1
-                self._release(key)          # the driver's lost-row scan re-admits it
+                self.held.release(key)          # the driver's lost-row scan re-admits it
                 continue
             self._reroutes[id(item)] = tries
             if isinstance(item, Message) and dest[0] == "agent":

@@ -12,15 +12,14 @@ to central orchestration.)
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Hashable
 
 import ray
 
 from .cluster import Handles, Topology, actor_info
 from .message import Message
-from .sink import row_key
-from .transport import Outbox, pick_two, unpack
+from .sink import item_key, row_key
+from .transport import Held, Outbox, pick_two, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -31,7 +30,7 @@ class Coordinator:
         self.topo = topo
         self.handles = Handles(topo)
         self.rng = random.Random(0)
-        self.held: Counter = Counter()
+        self.held = Held()
         self.coalesce, self.window_s = coalesce, window_s
         self._outbox: Outbox | None = None
         self.routed = 0
@@ -61,16 +60,9 @@ class Coordinator:
         name = pick_two(names, lambda n: self.outbox.load(("agent", n)), self.rng)
         self.outbox.send(("agent", name), self.handles.get(name), msg)
 
-    def _release(self, key: Hashable) -> None:
-        n = self.held[key] - 1
-        if n > 0:
-            self.held[key] = n
-        else:
-            self.held.pop(key, None)
-
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         for item in batch:
-            self._release(row_key(item.id) if isinstance(item, Message) else item[0])
+            self.held.release(item_key(item))
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """The receiver died: re-dispatch messages (another replica, or the restarted one)."""

@@ -30,8 +30,8 @@ from .agent import output_line
 from .cluster import Handles, Topology
 from .engine import Engine
 from .message import Message
-from .sink import row_key
-from .transport import Outbox, pick_two
+from .sink import item_key, row_key
+from .transport import Held, Outbox, pick_two
 
 
 @dataclass(slots=True)
@@ -99,7 +99,7 @@ class Driver:
         self.on_progress = on_progress
         self.inflight: dict[Hashable, Message] = {}
         self.seen: set[Hashable] = set()
-        self.held: Counter = Counter()
+        self.held = Held()
         self.exhausted = False
         self.res = DriverResult()
         self.last_progress = time.monotonic()
@@ -203,21 +203,14 @@ class Driver:
         r.last_done = fin if r.last_done is None else max(r.last_done, fin)
 
     # -- transport callbacks -------------------------------------------------------------------------
-    def _release(self, key: Hashable) -> None:
-        n = self.held[key] - 1
-        if n > 0:
-            self.held[key] = n
-        else:
-            self.held.pop(key, None)
-
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         for item in batch:
-            self._release(row_key(item.id) if isinstance(item, Message) else item[0])
+            self.held.release(item_key(item))
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         def resend() -> None:
             for item in batch:
-                key = row_key(item.id) if isinstance(item, Message) else item[0]
+                key = item_key(item)
                 if key in self.inflight:
                     self._send(self.inflight[key])
 

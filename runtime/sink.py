@@ -69,6 +69,11 @@ def _key(row_id: Any) -> Hashable:
 row_key = _key
 
 
+def item_key(item: Any) -> Hashable:
+    """The row key of an outbox item: a message's row, or the key an item tuple starts with."""
+    return item[0] if isinstance(item, tuple) else row_key(item.id)
+
+
 def _lock(fd: int, path: str, wait_s: float) -> None:
     """Take an exclusive flock on the output, waiting up to ``wait_s`` for a previous writer to die."""
     deadline = time.monotonic() + wait_s

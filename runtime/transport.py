@@ -19,12 +19,24 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+from collections import Counter
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 AckFn = Callable[[Hashable, list, Any], None]
 ErrorFn = Callable[[Hashable, list, BaseException], None]
+
+
+class Held(Counter):
+    """Row keys an actor holds (received, or sent and not yet acknowledged), with a count of copies."""
+
+    def release(self, key: Hashable) -> None:
+        n = self[key] - 1
+        if n > 0:
+            self[key] = n
+        else:
+            self.pop(key, None)
 
 
 @dataclass(slots=True)
