@@ -9,8 +9,11 @@ One Serve application per ``vllm`` model, named ``app_name(ir, model)`` (``mx-<w
   flight per replica.
 - ``tensor_parallel × pipeline_parallel`` workers per replica as one placement group per replica: on a
   cluster with GPUs, one GPU per bundle (the first bundle also holds the replica actor's CPU) and vLLM's
-  ``ray`` executor; without GPUs, one CPU bundle per worker, packed on one node, and vLLM's ``mp``
-  executor. A single-worker replica needs no placement group: it asks for one GPU (or one CPU).
+  ``ray`` executor; without GPUs, one bundle of ``cpus_per_worker`` CPUs per worker, packed on one node,
+  and vLLM's ``mp`` executor. A single-worker replica needs no placement group: it asks for one GPU (or
+  ``cpus_per_worker`` CPUs). On CPUs each replica pins its engine workers to cores of its own
+  (``vllm_serve.cpu_binding``; vLLM's default would put every replica of a node on the same cores)
+  unless ``VLLM_CPU_OMP_THREADS_BIND`` is given.
 - ``engine_args`` of the IR (``max_model_len``, ``dtype``, ...) plus any given at deploy time are passed
   to ``AsyncEngineArgs``; ``name`` is the model (a Hugging Face id or a local directory).
 - Serve calls the replica's ``check_health`` every 10 s and replaces a replica whose engine died.
@@ -64,9 +67,10 @@ def replica_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
-         environ: dict[str, str] | None = None) -> dict:
+         environ: dict[str, str] | None = None, cpus_per_worker: int = 1) -> dict:
     """Everything needed to deploy one model: ``{app, deployment: Serve options, engine: engine kwargs,
-    env}``. ``gpus``: whether the cluster has GPUs (bundles of GPUs, else of CPUs)."""
+    env, cpu: binding request or None}``. ``gpus``: whether the cluster has GPUs (bundles of GPUs, else
+    of ``cpus_per_worker`` CPUs per engine worker, and each replica pins its workers to its own cores)."""
     m = ir["models"][model]
     if m.get("backend") != "vllm":
         raise ValueError(f"model {model!r} has backend {m.get('backend')!r}, not 'vllm'")
@@ -93,8 +97,9 @@ def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
             "target_ongoing_requests": float(auto["target_ongoing_requests"])}
     else:
         opts["num_replicas"] = int(m.get("replicas") or 1)
+    c = max(1, int(cpus_per_worker))
     if workers == 1:
-        opts["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 1}
+        opts["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": c}
     elif gpus:
         engine.setdefault("distributed_executor_backend", "ray")
         opts["ray_actor_options"] = {"num_cpus": 1}
@@ -102,11 +107,13 @@ def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
         opts["placement_group_strategy"] = "PACK"
     else:
         engine.setdefault("distributed_executor_backend", "mp")
-        opts["ray_actor_options"] = {"num_cpus": 1}
-        opts["placement_group_bundles"] = [{"CPU": 1}] * workers
+        opts["ray_actor_options"] = {"num_cpus": c}
+        opts["placement_group_bundles"] = [{"CPU": c}] * workers
         opts["placement_group_strategy"] = "STRICT_PACK"     # mp workers share one node
-    return {"app": app_name(ir, model), "model": model, "deployment": opts, "engine": engine,
-            "env": replica_env(environ)}
+    env = replica_env(environ)
+    cpu = None if gpus or "VLLM_CPU_OMP_THREADS_BIND" in env else {"cpus_per_worker": c, "workers": workers}
+    return {"app": app_name(ir, model), "model": model, "deployment": opts, "engine": engine, "env": env,
+            "cpu": cpu}
 
 
 # ---- deploy / status / shutdown (need a Ray connection) ----------------------------------------------
@@ -136,7 +143,7 @@ def start_serve() -> None:
 
 
 def deploy(ir: dict, *, models: list[str] | None = None, engine_args: dict | None = None,
-           gpus: bool | None = None, wait: bool = True, timeout_s: float = 900.0,
+           gpus: bool | None = None, cpus_per_worker: int = 1, wait: bool = True, timeout_s: float = 900.0,
            progress: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Deploy (or update in place) one Serve application per vLLM model; returns ``{model: plan}``.
     With ``wait``, returns when every application is RUNNING; ServeDeployError when one fails or
@@ -149,9 +156,9 @@ def deploy(ir: dict, *, models: list[str] | None = None, engine_args: dict | Non
         raise ServeDeployError(f"workflow {ir['workflow']['name']!r} has no model with backend \"vllm\"")
     gpus = cluster_has_gpus() if gpus is None else gpus
     start_serve()
-    plans = {m: plan(ir, m, gpus=gpus, engine_args=engine_args) for m in names}
+    plans = {m: plan(ir, m, gpus=gpus, engine_args=engine_args, cpus_per_worker=cpus_per_worker) for m in names}
     for m, p in plans.items():
-        app = serve.deployment(VLLMServer).options(**p["deployment"]).bind(m, p["engine"], p["env"])
+        app = serve.deployment(VLLMServer).options(**p["deployment"]).bind(m, p["engine"], p["env"], p["cpu"])
         if progress:
             n = p["deployment"].get("num_replicas") or p["deployment"]["autoscaling_config"]["initial_replicas"]
             progress(f"deploying {p['app']}: {n} replica{'s' * (n != 1)} of {p['engine']['model']}")

@@ -87,9 +87,15 @@ def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
 class VLLMServer:
     """One Serve replica: an async vLLM engine (see the module docstring)."""
 
-    def __init__(self, model: str, engine_kwargs: dict, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: str, engine_kwargs: dict, env: dict[str, str] | None = None,
+                 cpu: dict | None = None) -> None:
         for k, v in (env or {}).items():
             os.environ.setdefault(k, str(v))
+        self.cpu_bind = None
+        if cpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            self.cpu_bind = cpu_binding(sorted(os.sched_getaffinity(0)), _local_rank(),
+                                        int(cpu["cpus_per_worker"]), int(cpu["workers"]))
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
         t0 = time.monotonic()
         args_cls, engine_cls, self._sampling = engine_classes()
         self._allowed = sampling_fields(self._sampling)
@@ -147,7 +153,7 @@ class VLLMServer:
     def info(self) -> dict:
         """This replica's identity and counters."""
         return {"replica": self.replica, "pid": os.getpid(), "model": self.model,
-                "max_model_len": self.max_model_len, "engine_start_s": self.start_s,
+                "max_model_len": self.max_model_len, "engine_start_s": self.start_s, "cpu_bind": self.cpu_bind,
                 "served": self.served, "failed": self.failed, "rejected": self.rejected,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
@@ -156,6 +162,26 @@ class VLLMServer:
         if engine is not None:
             with contextlib.suppress(Exception):   # interpreter teardown
                 engine.shutdown()
+
+
+def cpu_binding(cores: list[int], local_rank: int, cpus_per_worker: int, workers: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for the replica of rank ``local_rank`` on its node: consecutive
+    slices of ``cpus_per_worker`` of the allowed ``cores``, one per engine worker ("0,1|2,3" for two),
+    the replicas of a node taking successive slices (wrapping around when there are more than cores)."""
+    n = len(cores)
+    start = local_rank * cpus_per_worker * workers
+    return "|".join(",".join(str(cores[(start + w * cpus_per_worker + j) % n]) for j in range(cpus_per_worker))
+                    for w in range(workers))
+
+
+def _local_rank() -> int:
+    """This replica's rank among its deployment's replicas on this node (0 outside Serve)."""
+    try:
+        from ray import serve
+
+        return int(serve.get_replica_context().rank.local_rank)
+    except Exception:  # noqa: BLE001 - outside Serve, or a Ray without ranks
+        return 0
 
 
 def _replica_id() -> str:

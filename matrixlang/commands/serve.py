@@ -43,6 +43,8 @@ def register(sub) -> None:
                    help="deploy only this model (repeatable; default: every vllm model)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra vLLM engine argument, VALUE read as JSON when it parses (repeatable)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, metavar="N",
+                   help="without GPUs: CPUs Ray reserves, and cores pinned, per engine worker (1)")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="seconds to wait for the replicas to run (900)")
     p.add_argument("--no-wait", action="store_true", help="return once the deploy is submitted")
@@ -148,6 +150,9 @@ def serve_cmd(args) -> int:
         print(f"mxc serve: --model {unknown[0]}: not a vllm model of this program ({', '.join(names)})",
               file=sys.stderr)
         return 2
+    if args.cpus_per_worker < 1:
+        print("mxc serve: --cpus-per-worker must be at least 1", file=sys.stderr)
+        return 2
     if not connect(args.address, args.foreground):
         return 2
     if args.status:
@@ -161,7 +166,8 @@ def serve_cmd(args) -> int:
         print(f"mxc serve: {text}", file=sys.stderr)
 
     try:
-        sd.deploy(ir, models=args.model or None, engine_args=extra, wait=not args.no_wait,
+        sd.deploy(ir, models=args.model or None, engine_args=extra, cpus_per_worker=args.cpus_per_worker,
+                  wait=not args.no_wait,
                   timeout_s=args.timeout, progress=say)
     except sd.ServeDeployError as e:
         print(f"mxc serve: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from matrixlang.runtime import serve_deploy as sd
-from matrixlang.runtime.vllm_serve import sampling_kwargs
+from matrixlang.runtime.vllm_serve import cpu_binding, sampling_kwargs
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir
@@ -67,6 +67,17 @@ def test_plan_replicas_on_cpu(ir):
     assert p["engine"] == {"model": "org/Model-7B", "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
                            "max_model_len": 4096, "dtype": "bfloat16"}
     assert p["env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}      # only VLLM_*: no tokens, no PATH
+    assert p["cpu"] == {"cpus_per_worker": 1, "workers": 1}  # the replica pins its worker to a core
+
+
+def test_plan_cpus_per_worker_and_binding(ir):
+    p = sd.plan(ir, "big", gpus=False, cpus_per_worker=4, environ={})
+    assert p["deployment"]["ray_actor_options"] == {"num_cpus": 4} and p["cpu"]["cpus_per_worker"] == 4
+    assert sd.plan(ir, "big", gpus=False, environ={"VLLM_CPU_OMP_THREADS_BIND": "0-3"})["cpu"] is None
+    assert sd.plan(ir, "big", gpus=True, environ={})["cpu"] is None
+    assert [cpu_binding([0, 1], r, 1, 1) for r in range(3)] == ["0", "1", "0"]   # replicas of a node
+    assert cpu_binding(list(range(8)), 1, 2, 2) == "4,5|6,7"                    # 2 workers of 2 cores
+    assert cpu_binding([2, 3, 5], 0, 2, 2) == "2,3|5,2"                         # wraps around
 
 
 def test_plan_gpu_single_worker_and_engine_overrides(ir):
@@ -94,6 +105,7 @@ def test_plan_tensor_and_pipeline_parallel_bundles(ir, gpus):
         assert d["placement_group_strategy"] == "PACK"
     else:
         assert all(b == {"CPU": 1} for b in bundles) and e["distributed_executor_backend"] == "mp"
+        assert p["cpu"] == {"cpus_per_worker": 1, "workers": 8}
         assert d["placement_group_strategy"] == "STRICT_PACK"
 
 

@@ -226,6 +226,9 @@ class TestServeDeployment:
         # routing: both replicas took calls
         assert all(after[r]["served"] > before[r]["served"] for r in after), after
         assert all(info["max_model_len"] == MAX_MODEL_LEN for info in after.values())
+        # each replica pinned its engine worker to cores of its own
+        binds = [info["cpu_bind"] for info in after.values()]
+        assert len(set(binds)) == min(2, len(os.sched_getaffinity(0))), binds
         print(f"\nServe handles: {totals['completion_tokens']} completion tokens in "
               f"{summary['elapsed_s']:.2f}s = {summary['tokens_per_s']:.0f} tokens/s "
               f"(run wall {wall:.1f}s; per replica {[after[r]['served'] - before[r]['served'] for r in after]})")
