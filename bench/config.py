@@ -11,18 +11,19 @@ from .catalog import Workload
 @dataclass(frozen=True, slots=True)
 class SuiteConfig:
     """Everything a suite run varies. ``latency_scale`` multiplies every simulated time (ttft,
-    per_token) and ``slots_scale`` every LLM pool's max_concurrency: the quick suite halves both with
-    the concurrency, which keeps the hop rate (CPU load) of the full suite and halves its duration."""
+    per_token) and ``slots_scale`` every LLM pool's max_concurrency: the quick suite quarters both
+    with the concurrency, which keeps the hop rate (CPU load) of the full suite and quarters the
+    time a batch or a long row takes."""
 
     name: str
     repeats: int = 3
     in_flight: int = 64
     latency_scale: float = 1.0
     slots_scale: float = 1.0
-    rows: dict[str, int] = field(default_factory=lambda: {"coral": 768, "curation": 1536, "tooluse": 384})
+    rows: dict[str, int] = field(default_factory=lambda: {"coral": 512, "curation": 1024, "tooluse": 256})
     # utilisation: coral, offered concurrency as multiples of the pool's slots
     util_levels: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    util_rows_min: int = 512
+    util_rows_min: int = 384
     util_repeats: int = 3
     # hop overhead (bench/hops.py)
     hop_rows: int = 512
@@ -64,9 +65,9 @@ class SuiteConfig:
 SUITES: dict[str, SuiteConfig] = {
     "full": SuiteConfig("full"),
     "quick": SuiteConfig(
-        "quick", repeats=1, in_flight=32, latency_scale=0.5, slots_scale=0.5,
-        rows={"coral": 64, "curation": 128, "tooluse": 64},
-        util_levels=(0.5, 1.0, 4.0), util_rows_min=128, util_repeats=1,
+        "quick", repeats=1, in_flight=16, latency_scale=0.25, slots_scale=0.25,
+        rows={"coral": 48, "curation": 96, "tooluse": 32},
+        util_levels=(0.5, 1.0, 4.0), util_rows_min=96, util_repeats=1,
         hop_rows=256, hop_hops=10, hop_in_flight=128, hop_rows_nocoalesce=128, hop_lone=False,
         hold_s=8.0, off_rows=48, off_in_flight=24, off_repeats=1, off_variants=("reads_last",),
         scale_nodes=(1, 8, 31), scale_workloads=("coral",), scale_warm_s=10.0, scale_measure_s=10.0,

@@ -37,6 +37,8 @@ def utilisation_plot(u: dict, path: Path, suite: str) -> Path:
         hi = [(lv[key]["max"] or m) - m if m is not None else 0 for m, lv in zip(meds, u["levels"], strict=True)]
         ax.errorbar(xs, [m if m is not None else float("nan") for m in meds], yerr=[lo, hi], fmt=style,
                     capsize=3, label=label)
+    ax.plot(xs, [min(1.0, x / u["slots"]) for x in xs], "-", color="black", alpha=0.25, lw=3,
+            label="bound: min(1, in flight ÷ slots)")
     cpu = [lv["run_cpu_util"]["median"] for lv in u["levels"]]
     ax.plot(xs, cpu, "x-", color="grey", alpha=0.7, label="CPU used by the run (fraction of all cores)")
     ax.axhline(1.0, color="black", lw=0.8)
