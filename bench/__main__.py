@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="repeats per measurement (default: the suite's)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (bench/results)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the plots and the table from the suite's existing result file")
     ap.add_argument("--snapshot", nargs="?", const="HEAD", metavar="REF",
                     help="benchmark a frozen copy of a commit (HEAD), immune to edits made meanwhile")
     args = ap.parse_args(argv)
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         if s not in SECTIONS:
             ap.error(f"unknown section {s!r} (sections: {', '.join(SECTIONS)})")
 
+    if args.replot:
+        from .suite import replot
+
+        replot(args.suite, args.out, print)
+        return 0
     if args.snapshot:
         from .snapshot import reexec
 

@@ -89,43 +89,46 @@ def throughput_plot(sched: dict, path: Path, suite: str) -> Path:
 
 def scale_plot(sm: dict, path: Path, suite: str) -> Path:
     names = list(sm["curves"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.8), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(max(7.5, 5.2 * len(names)), 8.2), squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    styles = {"p2p": ("o-", 0.5), "central": ("o-", 1.0), "central_full": ("o-", 1.0),
+              "p2p_per_message": ("s--", 0.6), "central_per_message": ("s--", 0.6)}
+    widths = {"p2p": 5.0}    # drawn wide underneath: the hub curves lie on it until they saturate
     for j, wl in enumerate(names):
-        ax = axes[0][j]
-        ax2 = ax.twinx()
+        ax, bx = axes[0][j], axes[1][j]
         for mode, pts in sm["curves"][wl].items():
             xs = [p["nodes"] for p in pts]
-            per_msg = mode.endswith("per_message")
-            ax.plot(xs, [p["tokens_per_s"] / 1e3 for p in pts], "s--" if per_msg else "o-", color=MODE_COLORS[mode],
-                    alpha=0.6 if per_msg else 1.0, label=SCALE_LABELS[mode])
+            fmt, alpha = styles[mode]
+            ax.plot(xs, [p["tokens_per_s"] / 1e3 for p in pts], fmt, color=MODE_COLORS[mode], alpha=alpha,
+                    lw=widths.get(mode, 1.5), label=SCALE_LABELS[mode])
             if mode.startswith("central"):
-                ax2.plot(xs, [p["utilisation"]["coordinator"] for p in pts], ":", color=MODE_COLORS[mode],
-                         alpha=0.8, label=f"coordinator busy ({mode}, right axis)")
+                bx.plot(xs, [p["utilisation"]["coordinator"] for p in pts], fmt, color=MODE_COLORS[mode],
+                        alpha=alpha, label=f"coordinator: {SCALE_LABELS[mode]}")
         p2p = sm["curves"][wl]["p2p"]
-        ax2.plot([p["nodes"] for p in p2p], [p["utilisation"]["driver"] for p in p2p], ":", color="tab:purple",
-                 alpha=0.8, label="driver busy (p2p, right axis)")
+        bx.plot([p["nodes"] for p in p2p], [p["utilisation"]["driver"] for p in p2p], "^:", color="tab:purple",
+                label="driver (admission + completions), P2P")
         f = sm["findings"][wl]
-        for key, color, what in (("coordinator_saturates_at_nodes", "tab:green", "hub"),
-                                 ("coordinator_per_message_saturates_at_nodes", "tab:olive", "hub, per message"),
-                                 ("hub_with_step_logic_saturates_at_nodes", "tab:red", "hub + step logic")):
+        for key, color in (("coordinator_saturates_at_nodes", "tab:green"),
+                           ("hub_with_step_logic_saturates_at_nodes", "tab:red"),
+                           ("coordinator_per_message_saturates_at_nodes", "tab:green")):
             sat = f.get(key)
             if sat:
-                ax.axvline(sat, color=color, lw=0.8, ls="--")
-                ax.annotate(f"{what} saturated", (sat, 0), xytext=(3, 3), textcoords="offset points",
-                            fontsize=7, color=color, rotation=90, va="bottom")
-        ax.set_xlabel("nodes (8 GPUs and 400 rows in flight each)")
+                for a in (ax, bx):
+                    a.axvline(sat, color=color, lw=0.8, ls=":" if "per_message" in key else "--")
         ax.set_ylabel("LLM tokens/s (thousands)")
-        ax2.set_ylabel("fraction of one core busy")
-        ax2.set_ylim(0, 1.05)
         ax.set_title(f"{wl}", fontsize=11)
         ax.grid(alpha=0.3)
-        if j == 0:
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = ax2.get_legend_handles_labels()
-            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-    fig.suptitle("MODEL, not a measurement: discrete-event simulation calibrated with the CPU costs measured "
-                 f"here ({suite} suite)", fontsize=11)
-    fig.tight_layout()
+        bx.axhline(1.0, color="black", lw=0.6)
+        bx.set_ylim(0, 1.08)
+        bx.set_ylabel("CPU busy (fraction of its one core)")
+        bx.set_xlabel("nodes (8 GPUs and 400 rows in flight each)")
+        bx.grid(alpha=0.3)
+    h1, l1 = axes[0][0].get_legend_handles_labels()
+    h2, l2 = axes[1][0].get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("MODEL, not a measurement: discrete-event simulation calibrated with CPU costs\n"
+                 f"measured on this machine ({suite} suite). Vertical lines: where a hub's coordinator is 95% busy.", fontsize=10)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -127,3 +127,16 @@ def run_suite(suite: str, only: list[str] | None = None, repeats: int | None = N
     log(report.text(res))
     log(f"results: {path} ({res['wall_s']} s)")
     return res
+
+
+def replot(suite: str, out_dir: Path = RESULTS_DIR, log: Callable[[str], None] = print) -> dict:
+    """Redraw the plots and the table of ``out_dir/<suite>.json`` (no measurement)."""
+    from . import plots as plotting
+    from . import report
+
+    res = json.loads((out_dir / f"{suite}.json").read_text(encoding="utf-8"))
+    for p in plotting.make_plots(res, out_dir):
+        log(f"wrote {p}")
+    (out_dir / f"{suite}_table.md").write_text(report.markdown(res), encoding="utf-8")
+    log(report.text(res))
+    return res
