@@ -69,13 +69,16 @@ def test_concurrency_is_limited_per_tool(ray_local) -> None:
 def test_event_loop_stays_free_while_snippets_run(ray_local) -> None:
     svc = ToolService.remote()
     spec = {**SPEC, "max_concurrency": 1}
+
+    def stats() -> dict:
+        return ray_local.get(svc.stats.remote())
+
     long = svc.run.remote("sandbox", spec, "import time\ntime.sleep(30)")
-    queued = svc.run.remote("sandbox", spec, "print('second')")
-    deadline = time.monotonic() + 120  # a bound for slow machines, not a timing assertion
-    while not ray_local.get(svc.stats.remote())["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)  # until the long run has started
-    stats = ray_local.get(svc.stats.remote())  # answered while the long run holds the only slot
-    assert stats["running"] == 1 and stats["waiting"] == 1, stats
+    assert wait_for(lambda: stats()["running"] == 1)  # the long run holds the only slot
+    queued = svc.run.remote("sandbox", spec, "print('second')")  # sent after: Ray need not keep call order
+    assert wait_for(lambda: stats()["waiting"] == 1)  # answered while the long run holds the slot
+    now = stats()
+    assert now["running"] == 1 and now["completed"] == 0, now
     assert ray_local.wait([long, queued], num_returns=2, timeout=0)[0] == []
     ray_local.kill(svc)
 
