@@ -62,7 +62,7 @@ def main() -> None:
         import ray
         from matrixlang.runtime.toolservice import ToolService
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         svc = ToolService.remote()
 
         def via_actor() -> None:

@@ -1,8 +1,8 @@
 """Ray start/attach, and the names of a run's actors.
 
-``connect`` starts a quiet local Ray sized to the machine (no dashboard), or attaches to a cluster
-given by ``--address``/``RAY_ADDRESS`` (which is also how a script submitted with ``ray job submit``
-finds its cluster). Every actor of a run is a named actor, so that any actor, including one Ray has
+``connect`` attaches to a cluster given by ``--address``/``RAY_ADDRESS`` (which is also how a script
+submitted with ``ray job submit`` finds its cluster) or, as ``ray.init()`` does, to a live cluster that
+``ray start`` runs on this machine; else it starts a quiet local Ray sized to the machine (no dashboard). Every actor of a run is a named actor, so that any actor, including one Ray has
 just restarted, can find its peers by name (:class:`Topology`).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import ray
@@ -19,19 +20,56 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     """Make sure this process is connected to Ray. Returns True when this call started local Ray."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get("RAY_ADDRESS") or _started_here()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": False}
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
+        why = unreachable(address)
+        if why is not None:
+            raise ConnectionError(f"no Ray cluster at {address!r} ({why})")
         _use_local_token()
         ray.init(address=address, **common)
         return False
     # (Ray enables token authentication for a new local cluster by default and warns about it on every
     # start: it stays on, without the warning.)
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+    # ("local": a new cluster, even where `ray start` left the address of a dead one behind.)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
     return True
+
+
+def _started_here() -> str | None:
+    """The address of a cluster that `ray start` runs on this machine (the one ``ray.init()`` would
+    attach to), or None when there is none or the one it recorded is gone."""
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        address = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - private Ray API: without it, start a local Ray
+        return None
+    return address if address and unreachable(address) is None else None
+
+
+def unreachable(address: str, timeout_s: float = 3.0) -> str | None:
+    """Why the GCS of ``address`` (host:port or auto) cannot be reached, or None when it answers
+    (ray.init itself would retry a dead address for minutes). ray:// addresses are not probed."""
+    if address.startswith("ray://"):
+        return None
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        hostport = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as e:
+        return str(e).splitlines()[0] if str(e) else "not found"
+    if hostport is None:
+        return "no running cluster found"
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        return f"{hostport}: {e.strerror or e}" if isinstance(e, OSError) else f"{hostport}: {e}"
+    return None
 
 
 def _use_local_token() -> None:

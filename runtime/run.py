@@ -76,7 +76,12 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     _prepare_output(out_path, opts)
     openai = _openai_models(engine)
     total = count_rows(opts.input, opts.limit)
-    started = connect(opts.address)
+    try:
+        started = connect(opts.address)
+    except ConnectionError as e:
+        raise RunError(f"{e}; start one with `ray start --head`, or leave out --address and RAY_ADDRESS "
+                       "to run on a local Ray") from e
+    cluster = {"address": ray.get_runtime_context().gcs_address, "started": started}
     actors: dict[str, Any] = {}
     try:
         topo = _topology(engine, opts)
@@ -99,6 +104,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
         if started:
             ray.shutdown()
     summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
+    summary["cluster"] = cluster
     if opts.summary:
         Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     if opts.print_summary:

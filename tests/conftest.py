@@ -19,6 +19,7 @@ def ray_local():
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         ray.init(
+            address="local",   # a new cluster, whatever `ray start` left on this machine
             num_cpus=4,
             include_dashboard=False,
             logging_level="ERROR",

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 
@@ -91,6 +90,7 @@ def connect(address: str | None, local: bool) -> bool:
     import ray
 
     from matrixlang.runtime.cluster import connect as connect_or_start
+    from matrixlang.runtime.cluster import unreachable
 
     if local:
         connect_or_start(address)
@@ -109,27 +109,6 @@ def connect(address: str | None, local: bool) -> bool:
     print(f"mxc serve: no Ray cluster at {address!r} ({why}).\n"
           f"  start one with `ray start --head` (or pass --address), or use --foreground{hint}", file=sys.stderr)
     return False
-
-
-def unreachable(address: str, timeout_s: float = 3.0) -> str | None:
-    """Why the GCS of ``address`` (host:port or auto) cannot be reached, or None when it answers
-    (ray.init itself would retry a dead address for minutes). ray:// addresses are not probed."""
-    if address.startswith("ray://"):
-        return None
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        hostport = canonicalize_bootstrap_address(address)
-    except (ConnectionError, ValueError) as e:
-        return str(e).splitlines()[0] if str(e) else "not found"
-    if hostport is None:
-        return "no running cluster found"
-    host, _, port = hostport.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as e:
-        return f"{hostport}: {e.strerror or e}" if isinstance(e, OSError) else f"{hostport}: {e}"
-    return None
 
 
 def serve_cmd(args) -> int:

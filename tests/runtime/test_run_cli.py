@@ -63,3 +63,21 @@ def test_unusable_workflows(capsys, files):
     broken.write_text((ROOT / "workflows" / "coral.mx").read_text().replace("-> student", "-> studnet", 1))
     code, err = mxc_run(capsys, broken, "--input", files["in"], "--output", files["out"], "--backend", "sim")
     assert code == 1 and "studnet" in err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_dead_cluster_address_exits_2_at_once(capsys, files, monkeypatch, how):
+    import socket
+
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = []
+    if how == "flag":
+        extra = ["--address", f"127.0.0.1:{port}"]
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim",
+                        *extra)
+    assert code == 2 and "no Ray cluster at" in err and "ray start --head" in err
+    assert "internal error" not in err and not files["out"].exists()
