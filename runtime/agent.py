@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from .cluster import Handles, Topology, actor_info
+from .cluster import Handles, Topology, actor_info, tune_gc
 from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import item_key, row_key
@@ -74,6 +74,7 @@ class AgentActor:
     """One replica of an agent role."""
 
     def __init__(self, role: str, index: int, cfg: AgentConfig):
+        tune_gc()
         self.role, self.index, self.cfg = role, index, cfg
         # openai models served by mxc sim-server get the simulator's replies: render them (mx_sim hints)
         hinted = any(m.sim_hints for m in cfg.openai.values())

@@ -16,7 +16,7 @@ from collections.abc import Hashable
 
 import ray
 
-from .cluster import Handles, Topology, actor_info
+from .cluster import Handles, Topology, actor_info, tune_gc
 from .message import Message
 from .sink import item_key, row_key
 from .transport import Held, Outbox, pick_two, unpack
@@ -27,6 +27,7 @@ class Coordinator:
     """The hub: routes every message between agents and to the sink."""
 
     def __init__(self, topo: Topology, coalesce: bool = True, window_s: float = 0.002):
+        tune_gc()
         self.topo = topo
         self.handles = Handles(topo)
         self.rng = random.Random(0)

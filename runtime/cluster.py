@@ -8,6 +8,7 @@ just restarted, can find its peers by name (:class:`Topology`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -85,6 +86,17 @@ def _use_local_token() -> None:
     except ImportError:   # a Ray without token authentication
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def tune_gc() -> None:
+    """Make Python's cyclic garbage collector cheap in a message-path process (agent, sim service,
+    sink, coordinator, driver). Thousands of messages in flight are thousands of live containers, and
+    with the default thresholds a young-generation pass runs every 700 allocations and older passes
+    rescan them: measured ~20% of the zero-latency hop rate. Objects alive now (modules, Ray's own)
+    are frozen out of every pass; passes run every 20,000 net allocations. The runtime's data has no
+    reference cycles to wait on: messages are trees of dicts and lists, freed by reference counting."""
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def this_node_id() -> str:

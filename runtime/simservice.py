@@ -19,7 +19,7 @@ import os
 
 import ray
 
-from .cluster import Handles, Topology, actor_info
+from .cluster import Handles, Topology, actor_info, tune_gc
 from .simmodel import SimCapacity, sim_reply
 from .transport import Outbox, unpack
 
@@ -30,6 +30,7 @@ class SimService:
 
     def __init__(self, models: dict[str, tuple[dict, int]], topo: Topology, coalesce: bool = True):
         """``models``: model name → (its IR ``sim`` block, replicas hosted here)."""
+        tune_gc()
         self.caps = {m: SimCapacity(n, sim["max_concurrency"], sim["ttft_s"], sim["per_token_s"])
                      for m, (sim, n) in models.items()}
         self._handles = Handles(topo)

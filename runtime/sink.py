@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from .cluster import Handles, Topology, actor_info
+from .cluster import Handles, Topology, actor_info, tune_gc
 from .store import RefStore
 from .transport import Outbox, spawn, unpack
 
@@ -97,6 +97,7 @@ class Sink:
     """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
 
     def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0):
+        tune_gc()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _lock(self._fd, path, lock_wait_s)    # one writer per output file, even across runs
         ctx = ray.get_runtime_context()
