@@ -92,6 +92,7 @@ class AgentActor:
         self._sweeper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()              # one per message being processed
         self._clients: dict = {}                            # model → OpenAIClient
+        self._tool_pools: dict = {}                         # tool → ToolPool (least outstanding replica)
         self.cache = TextCache()                            # offloaded texts seen here
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
         self._next_req = int.from_bytes(os.urandom(5), "big") << 24   # distinct per incarnation
@@ -307,14 +308,17 @@ class AgentActor:
 
     async def _call_tool(self, call) -> tuple[Reply | None, str]:
         """One tool run through the tool service; (None, detail) when it fails after retries."""
-        names = self.topo.tools_of(call.tool)
         spec = self.engine.ir["tools"][call.tool]
+        pool = self._tool_pools.get(call.tool)
+        if pool is None:
+            from .toolservice import ToolPool
+
+            handles = [self.handles.get(n) for n in self.topo.tools_of(call.tool)]
+            pool = self._tool_pools[call.tool] = ToolPool(call.tool, spec, handles)
         detail = "no tool service"
         for _ in range(self.cfg.call_retries + 1):
-            handle = self.handles.get(self.rng.choice(names))
             try:
-                res = await asyncio.wait_for(handle.run.remote(call.tool, spec, call.input),
-                                             self.timeout_s + float(spec.get("timeout_s") or 0))
+                res = await pool.run(call.input, self.timeout_s + float(spec.get("timeout_s") or 0))
             except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                 self.errors += 1
                 detail = f"tool {call.tool!r}: {type(e).__name__}"

@@ -113,6 +113,10 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
     t.add_row("steps", f"{summary['steps']}  ({summary['hops_per_s']:.0f}/s)")
     t.add_row("peak in flight", f"{summary['peak_in_flight']} (max {summary['max_in_flight']})")
     t.add_row("mode", f"{summary['schedule']} / {summary['orchestrator']}")
+    cluster = summary.get("cluster")
+    if cluster:
+        where = "local Ray, started for this run" if cluster["started"] else "attached"
+        t.add_row("cluster", f"{cluster['address']} ({where})")
     console.print(t)
     if summary.get("agents"):
         a = Table(title="agents", title_justify="left")

@@ -119,11 +119,13 @@ class ToolPool:
         order = [(start + i) % len(self.handles) for i in range(len(self.handles))]
         return min(order, key=lambda i: self._outstanding[i])
 
-    async def run(self, code: str) -> dict[str, Any]:
-        """Run `code` on the least-loaded replica; the ToolService.run reply."""
+    async def run(self, code: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Run `code` on the least-loaded replica; the ToolService.run reply (asyncio.TimeoutError
+        after `timeout_s`, RayActorError when the replica died)."""
         i = self._pick()
         self._outstanding[i] += 1
         try:
-            return await self.handles[i].run.remote(self.tool_name, self.spec, code)
+            ref = self.handles[i].run.remote(self.tool_name, self.spec, code)
+            return await (ref if timeout_s is None else asyncio.wait_for(ref, timeout_s))
         finally:
             self._outstanding[i] -= 1

@@ -185,13 +185,17 @@ def _same_as_engine(name: str, irs, simulated, tmp_path) -> None:
     assert got == want
 
 
+ON_RAY_BY_DEFAULT = ("support", "coder")    # coder: its runner runs the snippets in the real sandbox
+
+
 @pytest.mark.ray
-def test_support_runs_on_ray_like_the_engine(ray_local, irs, simulated, tmp_path):
-    _same_as_engine("support", irs, simulated, tmp_path)
+@pytest.mark.parametrize("name", ON_RAY_BY_DEFAULT)
+def test_workflow_runs_on_ray_like_the_engine(name, ray_local, irs, simulated, tmp_path):
+    _same_as_engine(name, irs, simulated, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "support"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ON_RAY_BY_DEFAULT])
 def test_every_workflow_runs_on_ray_like_the_engine(name, ray_local, irs, simulated, tmp_path):
     _same_as_engine(name, irs, simulated, tmp_path)

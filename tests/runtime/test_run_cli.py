@@ -86,3 +86,32 @@ def test_a_dead_cluster_address_exits_2_at_once(files, how):
                           timeout=120)
     assert proc.returncode == 2 and "no Ray cluster at" in proc.stderr and "ray start --head" in proc.stderr
     assert "internal error" not in proc.stderr and not files["out"].exists()
+
+
+def test_every_flag_reaches_the_run_options(files, monkeypatch):
+    import matrixlang.runtime.run as runmod
+
+    seen = {}
+
+    def fake_run(ir, opts):
+        seen["ir"], seen["opts"] = ir, opts
+        return {}
+
+    monkeypatch.setattr(runmod, "run", fake_run)
+    code = main(["run", str(files["ir"]), "-i", str(files["in"]), "-o", str(files["out"]), "--backend", "sim",
+                 "--max-in-flight", "7", "--schedule", "batch", "--orchestrator", "central", "--seed", "42",
+                 "--overwrite", "--summary", str(files["dir"] / "s.json"), "--limit", "3",
+                 "--offload-threshold", "1024", "--address", "127.0.0.1:6390", "--replicas", "teacher=3",
+                 "--replicas", "student=2", "--progress", "plain"])
+    assert code == 0
+    o = seen["opts"]
+    assert (o.input, o.output, o.backend) == (str(files["in"]), str(files["out"]), "sim")
+    assert (o.max_in_flight, o.schedule, o.orchestrator, o.seed) == (7, "batch", "central", 42)
+    assert (o.overwrite, o.resume, o.summary, o.limit) == (True, False, str(files["dir"] / "s.json"), 3)
+    assert (o.offload_threshold, o.address, o.progress, o.coalesce) == (1024, "127.0.0.1:6390", "plain", True)
+    assert o.replicas == {"teacher": 3, "student": 2}
+    assert seen["ir"]["workflow"]["name"] == "coral"
+    main(["run", str(files["ir"]), "-i", str(files["in"]), "-o", str(files["out"]), "--resume"])
+    o = seen["opts"]
+    assert (o.resume, o.overwrite, o.backend, o.schedule, o.orchestrator, o.max_in_flight) == (
+        True, False, None, "row", "p2p", 256)

@@ -145,6 +145,35 @@ def test_row_batch_and_central_runs_write_identical_rows(ray_local, tmp_path):
         assert s["peak_in_flight"] <= 6
         assert s["tokens"] == s_row["tokens"] > 0
     assert (s_batch["schedule"], s_central["orchestrator"]) == ("batch", "central")
+    # admission: batch mode starts a batch when the whole previous one is written; row mode at once
+    def spans(name: str) -> list[tuple[float, float]]:
+        return sorted((r["_meta"]["timing"]["admitted"], r["_meta"]["timing"]["finished"])
+                      for r in read_out(tmp_path / f"{name}.jsonl"))
+    b = spans("batch")
+    for k in range(6, 30, 6):
+        assert min(a for a, _ in b[k:k + 6]) >= max(f for _, f in b[k - 6:k])
+    r = spans("row")
+    first_six_done = max(f for _, f in r[:6])
+    steps = [row["_meta"]["steps"] for row in base.values()]
+    assert len(set(steps)) > 1                     # rows of different lengths: a row ends first ...
+    assert r[6][0] < first_six_done                # ... and the next row starts before the rest end
+
+
+def test_a_bad_template_or_a_silent_model_fails_only_its_rows(ray_local, tmp_path):
+    ir = F.loop(max_steps=2, template="{{ 10 // row.n }}", sim_model=True)     # n = 0: ZeroDivisionError
+    got, summary = run_rows(tmp_path, ir, [{"n": 1}, {"n": 0}, {"n": 5}], "tmpl")
+    assert [got[i]["_meta"]["reason"] for i in range(3)] == ["max_steps", "template_error", "max_steps"]
+    assert got[1]["_meta"]["status"] == "failed" and "division" in got[1]["_meta"]["detail"]
+    assert summary["steps"] == 4
+    slow = copy.deepcopy(ir)
+    slow["models"]["m"]["sim"].update(ttft_s=30.0)              # never answers within the call timeout
+    slow["models"]["m"].update(timeout_s=0.3, retries=1)
+    got, summary = run_rows(tmp_path, slow, [{"n": 1}, {"n": 2}], "silent")
+    for row in got.values():
+        meta = row["_meta"]
+        assert (meta["status"], meta["reason"], meta["steps"]) == ("error", "model_error", 0)
+        assert "no reply after 1 retries" in meta["detail"]
+    assert summary["by_status"] == {"error": 2}
 
 
 def inline_bytes_per_hop(ir: dict, rows: list) -> float:
@@ -177,3 +206,17 @@ def test_offloading_round_trip_frees_everything_and_shrinks_hops(ray_local, tmp_
     assert summary["offload"]["put"] == summary["offload"]["freed"] == 6 * 18
     assert summary["offload"]["still_held"] == 0
     assert summary["bytes_per_hop"] < inline_bytes_per_hop(ir, rows) / 2
+
+
+def test_the_simulated_fleet_decodes_at_most_its_slots_and_queues_the_rest(ray_local, tmp_path):
+    ir = F.loop(max_steps=3, sim_model=True)
+    ir["models"]["m"]["sim"].update(max_concurrency=2, replicas=2, ttft_s=0.05)
+    got, summary = run_rows(tmp_path, ir, [{"n": i} for i in range(12)], "fleet", max_in_flight=12)
+    assert len(got) == 12 and summary["by_reason"] == {"failed/max_steps": 12}
+    models = [s["models"]["m"] for s in summary["services"].values()]
+    assert sum(m["replicas"] for m in models) == 2 and {m["max_concurrency"] for m in models} == {2}
+    assert sum(m["served"] for m in models) == summary["steps"] == 36
+    assert sum(m["tokens"] for m in models) == summary["tokens"]
+    for m in models:                        # 12 rows wait on 2 x 2 slots: each replica fills, the rest queue
+        assert m["peak_active"] <= m["replicas"] * m["max_concurrency"]
+    assert max(m["peak_active"] for m in models) == 2 and sum(m["peak_queued"] for m in models) > 0
