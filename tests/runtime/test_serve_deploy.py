@@ -192,3 +192,30 @@ def test_status_after_another_process_shut_serve_down(ray_local, ir):
     assert r.returncode == 0, r.stderr
     assert sd.status(ir) == [{"model": "big", "app": "mx-serve_plan-big", "status": "NOT_DEPLOYED",
                               "replicas": {}, "message": ""}]
+
+
+def test_only_the_vllm_adapter_imports_vllm():
+    """vLLM is an optional extra: no other module may import it, and the run path must not load it."""
+    import ast
+    from pathlib import Path
+
+    import matrixlang.grammar
+    import matrixlang.runtime
+
+    import matrixlang
+
+    importers = set()
+    for mod in (matrixlang, matrixlang.runtime, matrixlang.grammar):   # installed apart in a checkout
+        pkg = Path(mod.__file__).parent
+        for path in pkg.glob("**/*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n == "vllm" or n.startswith("vllm.") for n in names):
+                    importers.add(f"{mod.__name__}:{path.relative_to(pkg).as_posix()}")
+    assert importers == {"matrixlang.runtime:vllm_serve.py"}
+    code = ("import sys, matrixlang.cli, matrixlang.runtime.run, matrixlang.runtime.serve_deploy, "
+            "matrixlang.runtime.agent; print(sorted(m for m in sys.modules if m.split('.')[0] == 'vllm'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
