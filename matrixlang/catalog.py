@@ -1,7 +1,7 @@
 """What each block accepts: its keys, the kind of value each takes, and the defaults.
 
 Kinds: str, int, number, bool, duration, size, range, template, url, secret, str_or_list,
-model (a model name), tool (a tool name), backend, tool_kind.
+model (a model name), tool (a tool name), backend, tool_kind, api.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MODEL = {
     "name": Key("str", doc="model name sent to the server"),
     "url": Key("url", backends=("openai",), doc="base URL(s); comma-separated URLs are load-balanced"),
     "api_key": Key("secret", backends=("openai",), doc='always env("VAR")'),
+    "api": Key("api", backends=("openai",), doc='"chat" (POST /chat/completions) or "completions" (POST /completions)'),
     "timeout": Key("duration", 0, doc="per-request timeout"),
     "retries": Key("int", 0, doc="retries after a failed call"),
     "replicas": Key("int", 1, doc="vllm: engine replicas; sim: simulated servers"),
@@ -51,6 +52,7 @@ MODEL = {
     **SAMPLING,
 }
 BACKENDS = ("openai", "vllm", "sim")
+APIS = ("chat", "completions")
 ENGINE_ARGS = ("max_model_len", "gpu_memory_utilization", "dtype")
 
 TOOL = {

@@ -97,6 +97,7 @@ def _model(m: dict[str, Any]) -> dict[str, Any]:
         "name": m.get("name"),
         "url": url,
         "api_key": m.get("api_key"),
+        "api": m.get("api", "chat"),
         "params": params,
         "replicas": m.get("replicas", 1),
         "max_concurrency": m.get("max_concurrency", 256),

@@ -70,7 +70,7 @@ def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: st
 def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:
     """The value of a setting as data, or None after reporting why it is not of the right kind."""
     kind = spec.kind
-    if kind in ("str", "template", "backend", "tool_kind"):
+    if kind in ("str", "template", "backend", "tool_kind", "api"):
         if isinstance(e, n.Literal) and e.kind == "str":
             return e.value
         return _wrong(diags, key, "str" if kind != "template" else kind, e)

@@ -89,6 +89,12 @@ class _Final(Exception):
     """One attempt failed in a way no retry fixes (400, 401, 404, ...)."""
 
 
+
+def completion_prompt(messages: list[dict]) -> str:
+    """The text a ``api = "completions"`` model is sent: the agent's conversation as it would go to a
+    chat model (system, earlier steps, prompt), each message's content in order, a blank line apart."""
+    return "\n\n".join(m["content"] for m in messages)
+
 @dataclass(slots=True)
 class OpenAIModel:
     """One IR model with ``backend = "openai"``, resolved for calling (picklable)."""
@@ -102,6 +108,7 @@ class OpenAIModel:
     timeout_s: float = 120.0
     retries: int = 3
     sim_hints: bool = False                # send "mx_sim" (every endpoint is an mxc sim-server)
+    api: str = "chat"                      # "chat": POST /chat/completions; "completions": POST /completions
     backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
     max_backoff_s: float = 8.0
     failure_threshold: int = 3
@@ -169,7 +176,7 @@ def resolve_model(name: str, m: dict, limits: dict, environ: Mapping[str, str] =
     retries = m.get("retries")
     return OpenAIModel(
         model=name, name=m.get("name"), urls=resolve_urls(m.get("url"), environ, name),
-        params=dict(m.get("params") or {}), api_key=key, api_key_env=key_env,
+        params=dict(m.get("params") or {}), api_key=key, api_key_env=key_env, api=m.get("api") or "chat",
         timeout_s=float(timeout if timeout is not None else limits.get("call_timeout_s", 120.0)),
         retries=int(retries if retries is not None else limits.get("retries", 3)))
 
@@ -274,6 +281,9 @@ class OpenAIClient:
         sim = None
         if self.spec.sim_hints and (call.sim_text is not None or call.sim_tokens > 0):   # the engine rendered it
             sim = {"text": call.sim_text, "tokens": call.sim_tokens, "seed": call.seed_key}
+        if self.spec.api == "completions":
+            return await self.completion(completion_prompt(call.messages), params=call.params, key=key, sim=sim,
+                                         prompt_tokens=call.prompt_tokens)
         return await self.chat(call.messages, params=call.params, key=key, sim=sim,
                                prompt_tokens=call.prompt_tokens)
 

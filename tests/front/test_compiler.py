@@ -29,7 +29,7 @@ def ir_of(text: str) -> dict:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_every_workflow_compiles_to_the_documented_shape(path: Path) -> None:
     ir = compile_file(path)
-    assert set(ir) == TOP and ir["ir_version"] == "1.0"
+    assert set(ir) == TOP and ir["ir_version"] == "1.1"
     assert set(ir["workflow"]) == {"name", "description", "source_hash"}
     for schema in (ir["input_schema"], ir["message_schema"]):
         Draft202012Validator.check_schema(schema)

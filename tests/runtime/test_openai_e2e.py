@@ -139,6 +139,38 @@ def test_same_rows_as_the_in_cluster_simulator(reference, tmp_path, monkeypatch,
     assert not [t[:80] for t in texts if key_env in t]
 
 
+def test_a_completions_model_calls_post_completions_with_the_same_replies(reference, tmp_path, monkeypatch,
+                                                                          key_env):
+    """`api = "completions"`: the agent's conversation goes as one prompt to /v1/completions."""
+    write_rows(tmp_path / "in.jsonl")
+    env = {**os.environ, "E2E_KEY": key_env}
+    fast = SimServerProcess(["--api-key-env", "E2E_KEY", "--seed", "9"], env=env).start()
+    base = SimServerProcess(["--tokens", "3..5"]).start()
+    program = WORKFLOW.replace('name = "slow-model"', 'name = "slow-model"\n  api = "completions"')
+    an = check(Source("duet.mx", program))
+    assert not [d for d in an.diags.sorted() if d.is_error]
+    ir = build_ir(an)
+    assert (ir["models"]["slow"]["api"], ir["models"]["fast"]["api"]) == ("completions", "chat")
+    try:
+        monkeypatch.setenv("E2E_FAST_URL", fast.url)
+        monkeypatch.setenv("E2E_SLOW_URL", base.url)
+        s = run(ir, opts(tmp_path, "completions"))
+        routes = base.metrics()
+    finally:
+        fast.stop()
+        base.stop()
+    got = by_id(tmp_path / "completions.jsonl")
+    assert s["agents"]["b"]["calls"] > 0
+    assert routes.get('mx_sim_requests_total{route="/v1/completions",code="200"}') == s["agents"]["b"]["calls"]
+    assert not routes.get('mx_sim_requests_total{route="/v1/chat/completions",code="200"}')
+    for rid, row in got.items():      # the same replies: the hash (the IR differs) and prompt estimates aside
+        want = reference[rid]
+        assert {k: v for k, v in row.items() if k != "_meta"} == {k: v for k, v in want.items() if k != "_meta"}
+        assert row["_meta"]["status"] == want["_meta"]["status"] == "ok"
+        assert (row["_meta"]["usage"]["b"]["completion_tokens"]
+                == want["_meta"]["usage"]["b"]["completion_tokens"])
+
+
 def test_fault_injection_every_row_written_once(reference, tmp_path, monkeypatch, key_env):
     write_rows(tmp_path / "in.jsonl")
     ir = compile_ir()
