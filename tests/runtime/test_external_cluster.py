@@ -17,10 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]   # ~40 s: a head node with its dashboard (jobs API)
@@ -32,14 +32,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(pred, limit_s: float = 180.0) -> bool:
-    """Poll `pred` until true or `limit_s` passed (a bound for slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + limit_s
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def head(tmp_path_factory):
         except OSError:
             return False
 
-    assert wait_for(dashboard_up) and proc.poll() is None, log.read_text()[-3000:]
+    assert wait_for(dashboard_up, 180.0, 0.5) and proc.poll() is None, log.read_text()[-3000:]
     info = {"gcs": f"127.0.0.1:{gcs}", "api": f"http://127.0.0.1:{dash}", "env": env, "proc": proc}
     yield info
     stop(proc)

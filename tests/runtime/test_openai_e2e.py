@@ -67,8 +67,8 @@ SEED = 5
 ROWS = 24
 
 
-def compile_ir() -> dict:
-    an = check(Source("duet.mx", WORKFLOW))
+def compile_ir(program: str = WORKFLOW) -> dict:
+    an = check(Source("duet.mx", program))
     assert not [d for d in an.diags.sorted() if d.is_error]
     return build_ir(an)
 
@@ -146,10 +146,7 @@ def test_a_completions_model_calls_post_completions_with_the_same_replies(refere
     env = {**os.environ, "E2E_KEY": key_env}
     fast = SimServerProcess(["--api-key-env", "E2E_KEY", "--seed", "9"], env=env).start()
     base = SimServerProcess(["--tokens", "3..5"]).start()
-    program = WORKFLOW.replace('name = "slow-model"', 'name = "slow-model"\n  api = "completions"')
-    an = check(Source("duet.mx", program))
-    assert not [d for d in an.diags.sorted() if d.is_error]
-    ir = build_ir(an)
+    ir = compile_ir(WORKFLOW.replace('name = "slow-model"', 'name = "slow-model"\n  api = "completions"'))
     assert (ir["models"]["slow"]["api"], ir["models"]["fast"]["api"]) == ("completions", "chat")
     try:
         monkeypatch.setenv("E2E_FAST_URL", fast.url)

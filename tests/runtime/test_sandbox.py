@@ -27,6 +27,7 @@ from matrixlang.runtime.sandbox import (
     check_support,
     run_python,
 )
+from polling import wait_for
 
 SPEC = {"kind": "python", "timeout_s": 10.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 65536, "replicas": 1, "max_concurrency": 4}
@@ -217,16 +218,6 @@ def named_processes(name: str) -> list[int]:
 def marked_sleeper(marker: str) -> str:
     """A snippet that renames itself `marker`, forks, and sleeps in both processes."""
     return f"import os, time\nopen('/proc/self/comm', 'w').write({marker!r})\nos.fork()\ntime.sleep(60)\n"
-
-
-def wait_for(pred, limit_s: float = 120.0) -> bool:
-    """Poll `pred` until true or `limit_s` passed (a bound for slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + limit_s
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_the_jail_dies_with_its_caller() -> None:

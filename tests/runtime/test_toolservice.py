@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import time
 
 import pytest
 from matrixlang.runtime.toolservice import ToolPool, ToolService, start_tool_services
+from polling import wait_for
 
 SPEC = {"kind": "python", "timeout_s": 20.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 4096, "replicas": 2, "max_concurrency": 2}
@@ -30,14 +30,6 @@ def named_processes(name: str) -> list[int]:
     return pids
 
 
-def wait_for(pred, limit_s: float = 120.0) -> bool:
-    """Poll `pred` until true or `limit_s` passed (a bound for slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + limit_s
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_run_returns_the_result_and_the_agent_text(ray_local) -> None:
