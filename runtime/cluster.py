@@ -30,7 +30,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
         why = unreachable(address)
         if why is not None:
             raise ConnectionError(f"no Ray cluster at {address!r} ({why})")
-        _use_local_token()
+        if os.environ.get("RAY_AUTH_MODE") is None and _requires_token(address):
+            _use_local_token()
         ray.init(address=address, **common)
         return False
     # (Ray enables token authentication for a new local cluster by default and warns about it on every
@@ -73,12 +74,37 @@ def unreachable(address: str, timeout_s: float = 3.0) -> str | None:
     return None
 
 
+def _requires_token(address: str, timeout_s: float = 3.0) -> bool:
+    """Whether the GCS at ``address`` refuses a call without an authentication token (a cluster of
+    ``ray start``, whose default is token authentication) rather than answering it (one started
+    without, e.g. by ``ray.cluster_utils.Cluster``). Turning token mode on for the latter makes the
+    driver's actors die unscheduled, and leaving it off for the former makes ray.init retry for 20 s;
+    one unauthenticated call tells them apart in milliseconds. True also when it cannot be asked."""
+    if address.startswith("ray://"):
+        return False
+    try:
+        import grpc
+        from ray._private.gcs_utils import create_gcs_channel
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+        channel = create_gcs_channel(canonicalize_bootstrap_address(address))
+    except Exception:  # noqa: BLE001 - private Ray APIs: keep the old behaviour (token if one is here)
+        return True
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+        return False
+    except grpc.RpcError:      # UNAUTHENTICATED, or no answer in time: as before, token if one is here
+        return True
+    finally:
+        channel.close()
+
+
 def _use_local_token() -> None:
     """Attaching to a cluster started with token authentication (the default of ``ray start`` since Ray
     2.5x) needs the token mode on in this process: turn it on when a token is available locally
-    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``) and the user set no mode."""
-    if os.environ.get("RAY_AUTH_MODE") is not None:
-        return
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``)."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
