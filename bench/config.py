@@ -18,6 +18,7 @@ class SuiteConfig:
     name: str
     repeats: int = 3
     in_flight: int = 64
+    sample_s: float = 0.25               # the run monitor's sampling period
     latency_scale: float = 1.0
     slots_scale: float = 1.0
     rows: dict[str, int] = field(default_factory=lambda: {"coral": 512, "curation": 1024, "tooluse": 256})
@@ -73,7 +74,7 @@ SUITES: dict[str, SuiteConfig] = {
         scale_nodes=(1, 8, 31), scale_workloads=("coral",), scale_warm_s=10.0, scale_measure_s=10.0,
         scale_traces=500),
     "tiny": SuiteConfig(
-        "tiny", repeats=1, in_flight=8, latency_scale=0.1, slots_scale=0.125,
+        "tiny", repeats=1, in_flight=8, sample_s=0.05, latency_scale=0.1, slots_scale=0.125,
         rows={"coral": 16, "curation": 24, "tooluse": 8},
         util_levels=(1.0, 2.0), util_rows_min=24, util_repeats=1,
         hop_rows=32, hop_hops=4, hop_in_flight=16, hop_rows_nocoalesce=16, hop_lone=False,

@@ -73,10 +73,11 @@ class RunHung(RuntimeError):
 
 def run_once(wl: Workload, mode: str, *, rows: int, in_flight: int, tmp: Path, seed: int = 0,
              overrides: dict[str, dict] | None = None, agents: dict[str, dict] | None = None,
-             keep_monitor: bool = False, deadline_s: float = 900.0, **opts: Any) -> dict:
+             keep_monitor: bool = False, deadline_s: float = 900.0, sample_s: float = 0.25, **opts: Any) -> dict:
     """Run ``rows`` rows of ``wl`` in ``mode`` (p2p | batch | central); returns the measured figures
     (with the :class:`RunMonitor` under ``_monitor`` when ``keep_monitor``). A run still going after
-    ``deadline_s`` is interrupted (its actors are killed) and raises :class:`RunHung`."""
+    ``deadline_s`` is interrupted (its actors are killed) and raises :class:`RunHung`. ``sample_s`` is
+    the monitor's sampling period (steady-state figures need several samples within the run)."""
     ir = wl.ir(overrides, agents)
     inp = wl.write_input(tmp / f"{wl.name}-{rows}-{seed}.jsonl", rows, seed)
     out = tmp / f"{wl.name}.out.jsonl"
@@ -94,7 +95,7 @@ def run_once(wl: Workload, mode: str, *, rows: int, in_flight: int, tmp: Path, s
     timer.daemon = True
     timer.start()
     try:
-        with RunMonitor(run_id) as mon:
+        with RunMonitor(run_id, interval_s=sample_s) as mon:
             s = run(ir, o)
     except KeyboardInterrupt:
         if fired.is_set():

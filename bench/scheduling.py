@@ -27,7 +27,7 @@ def run_scheduling(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None],
         for rep in range(cfg.repeats):
             for mode in MODES:
                 r = run_once(wl, mode, rows=cfg.rows[name], in_flight=cfg.in_flight, tmp=tmp, seed=rep,
-                             overrides=ov)
+                             overrides=ov, sample_s=cfg.sample_s)
                 runs[mode].append(r)
                 log(f"scheduling {name:9} {mode:8} rep {rep}: {r['elapsed_s']:6.1f} s  "
                     f"{r['rows_per_s']:7.1f} rows/s  {r['tokens_per_s']:9,.0f} tok/s  "

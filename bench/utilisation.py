@@ -29,7 +29,8 @@ def run_utilisation(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> 
         rows = max(cfg.util_rows_min, 2 * conc)
         runs = []
         for rep in range(cfg.util_repeats):
-            r = run_once(wl, "p2p", rows=rows, in_flight=conc, tmp=tmp, seed=100 + rep, overrides=ov)
+            r = run_once(wl, "p2p", rows=rows, in_flight=conc, tmp=tmp, seed=100 + rep, overrides=ov,
+                         sample_s=cfg.sample_s)
             runs.append(r)
             log(f"utilisation in flight {conc:5} ({mult:g} x slots) rep {rep}: util {r['utilisation']:.2f}  "
                 f"steady {r['steady_utilisation'] or float('nan'):.2f}  run CPU {r['cpu']['run_cpu_util']:.2f}  "
