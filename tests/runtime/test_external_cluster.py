@@ -40,12 +40,17 @@ def head(tmp_path_factory):
     gcs, dash = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="mxh", dir="/tmp")    # short: Ray's socket paths live below it
     log = Path(tmp) / "head.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": tmp}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=tmp)
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
              "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
+             # ports of their own: the test session's Ray holds the defaults (its dashboard agent on
+             # 52365 made this head's jobs API answer "No available agent to submit job")
+             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
              "--disable-usage-stats"],
             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
