@@ -133,8 +133,10 @@ def _settings(an: Analysis, settings: list[n.Setting], keys: dict[str, cat.Key],
 
 
 def _enum(an: Analysis, out: dict, first: dict, key: str, allowed: tuple, where: str, decl: n.Node,
-          what: str) -> None:
+          what: str, required: bool = True) -> None:
     if key not in first:
+        if not required:
+            return
         name_span = getattr(decl, "name", decl).span
         an.diags.error("E016", f"{where} has no `{key}`", name_span,
                        f"add `{key} = \"{allowed[0]}\"` ({what}s: {', '.join(allowed)})")
@@ -154,10 +156,7 @@ def _model_checks(an: Analysis, out: dict, first: dict, where: str, decl: n.Node
         if applies and backend not in applies:
             an.diags.warning("W003", f"`{k}` has no effect with backend \"{backend}\"", s.key.span,
                              f"it applies to {one_of(applies)} models")
-    if "api" in out and out["api"] not in cat.APIS:
-        an.diags.error("E028", f"unknown api \"{out['api']}\"", first["api"].value.span,
-                       did_you_mean(out["api"], cat.APIS) or f"apis are {one_of(cat.APIS)}")
-        del out["api"]
+    _enum(an, out, first, "api", cat.APIS, where, decl, "api", required=False)
     if backend in ("openai", "vllm") and "name" not in first:
         an.diags.error("E016", f"{where} has no `name`", decl.name.span,
                        'add the model name the server knows, e.g. `name = "meta-llama/Llama-3.1-8B-Instruct"`')

@@ -2,7 +2,8 @@
 
 ``connect`` attaches to a cluster given by ``--address``/``RAY_ADDRESS`` (which is also how a script
 submitted with ``ray job submit`` finds its cluster) or, as ``ray.init()`` does, to a live cluster that
-``ray start`` runs on this machine; else it starts a quiet local Ray sized to the machine (no dashboard). Every actor of a run is a named actor, so that any actor, including one Ray has
+``ray start`` runs on this machine; else it starts a quiet local Ray sized to the machine (no
+dashboard). Every actor of a run is a named actor, so that any actor, including one Ray has
 just restarted, can find its peers by name (:class:`Topology`).
 """
 
@@ -115,8 +116,8 @@ def _use_local_token() -> None:
 
 
 def tune_gc() -> None:
-    """Make Python's cyclic garbage collector cheap in a message-path process (agent, sim service,
-    sink, coordinator, driver). Thousands of messages in flight are thousands of live containers, and
+    """Make Python's cyclic garbage collector cheap in a message-path actor (agent, sim service, sink,
+    coordinator). Thousands of messages in flight are thousands of live containers, and
     with the default thresholds a young-generation pass runs every 700 allocations and older passes
     rescan them: measured ~20% of the zero-latency hop rate. Objects alive now (modules, Ray's own)
     are frozen out of every pass; passes run every 20,000 net allocations. The runtime's data has no
