@@ -390,7 +390,7 @@ def _probe(network: bool) -> str | None:
     for tool in ("bwrap", "prlimit") + (("setpriv",) if _privileged() else ()):
         if shutil.which(tool) is None:
             pkg = "bubblewrap" if tool == "bwrap" else "util-linux"
-            return f"{tool} not found: install the Debian package {pkg} (see .ci/install-system.sh)"
+            return f"{tool} not found: install the Debian package {pkg} (scripts/setup.sh installs it)"
     lim = Limits.from_spec({"timeout_s": 20.0, "network": network})
     try:
         res = _execute(lim, _PROBE)
