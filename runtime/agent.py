@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import pickle
 import random
@@ -29,7 +28,7 @@ import ray
 from .cluster import Handles, Topology, actor_info, tune_gc
 from .engine import Engine, LLMCall, Reply, StepError
 from .message import Message
-from .sink import item_key, row_key
+from .sink import encode_line, item_key, row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Held, Outbox, pick_two, spawn, unpack
 
@@ -52,10 +51,9 @@ class AgentConfig:
     vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 
 
-def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, str, dict]:
+def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, bytes, dict]:
     """The sink item of a finished message: (key, JSON line, completion info for the driver)."""
-    row = engine.output_row(msg, texts)
-    line = json.dumps(row, ensure_ascii=False, default=str)
+    line = encode_line(engine.output_row(msg, texts))
     u = msg.usage.values()
     info = {"status": msg.status, "reason": msg.reason, "attempt": msg.attempt, "steps": msg.steps,
             "prompt_tokens": sum(x["prompt_tokens"] for x in u),

@@ -69,11 +69,15 @@ class DriverResult:
     scans: int = 0
     deaths: int = 0
     input_rows: int = 0
+    stopped: str | None = None     # why the run stopped before every row was written (a full disk)
 
 
-def read_rows(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
-    """``(position, line)`` of each non-blank input line, streamed; ``-`` reads standard input."""
-    f = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+def read_rows(path: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(position, line)`` of each non-blank input line, streamed; ``-`` reads standard input.
+
+    Lines are bytes, split on ``\\n`` alone as JSON Lines says (a bare CR is JSON whitespace, not a line
+    break); each row decodes its own line, so invalid UTF-8 fails that row alone."""
+    f = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
         pos = 0
         for line in f:
@@ -84,7 +88,7 @@ def read_rows(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
             yield pos, line
             pos += 1
     finally:
-        if f is not sys.stdin:
+        if path != "-":
             f.close()
 
 
@@ -124,10 +128,15 @@ class Driver:
             self._admit()
             while not (self.exhausted and not self.inflight):
                 try:
-                    done = await sink.poll.remote(0.25)
+                    done, failure = await sink.poll.remote(0.25)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                     await asyncio.sleep(0.2)     # the sink is restarting: it re-reads the output
                     continue
+                if failure is not None:          # the output cannot be written: stop, --resume finishes
+                    for key, info in done:
+                        self._complete(key, info)
+                    self.res.stopped = failure
+                    break
                 for key, info in done:
                     self._complete(key, info)
                 if done:

@@ -315,6 +315,8 @@ class Engine:
             msg.row = self._rows.parse(raw)
             self._rows.validate(msg.row)      # on failure: invalid fields set to null, then raises
         except BadRow as e:
+            if e.row is not None:
+                msg.row = e.row
             msg.id = self._rows.row_id(msg.row, position)
             self._finish(msg, FAILED, "bad_input", str(e), now)
             return msg

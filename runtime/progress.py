@@ -96,6 +96,8 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
     t = Table(title=f"mxc run: {summary['workflow']}", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value")
+    if summary.get("stopped"):
+        t.add_row("STOPPED", f"[red]{summary['stopped']}[/red]: re-run with --resume to finish")
     t.add_row("rows written", str(summary["rows"]))
     for status, n in summary["by_status"].items():
         t.add_row(f"  {status}", str(n))

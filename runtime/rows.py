@@ -7,6 +7,8 @@ Supported schema forms: `{"type": string|integer|number|boolean}`, `{}` (json), 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +17,71 @@ from .ir import IRError
 
 
 class BadRow(ValueError):
-    """The row does not satisfy the input schema; the message names the field."""
+    """The row does not satisfy the input schema; the message names the field. ``row`` is what could be
+    kept of it (its invalid fields set to None), when it was a JSON object."""
+
+    def __init__(self, message: str, row: dict | None = None):
+        super().__init__(message)
+        self.row = row
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+MAX_DEPTH = 100   # nesting of an input row's lists and objects: deeper rows are bad input
+
+
+def _too_deep(v: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects nest deeper than ``limit`` in ``v`` (iterative: no recursion)."""
+    stack = [(v, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list)):
+            if d >= limit:
+                return True
+            stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if math.isinf(v):
+        raise BadRow(f"number {text} is out of range (JSON numbers must be finite)")
+    return v
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRow(f"row is not valid JSON: {name} is not a JSON value")
+
+
+def _lone_surrogate(v: Any) -> str | None:
+    """The first string of ``v`` (keys too) that holds a lone surrogate escape, or None."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"\\u{ord(v[e.start]):04x}"
+        return None
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        bad = _lone_surrogate(k) or _lone_surrogate(x)
+        if bad:
+            return bad
+    return None
+
+
+def _drop_lone_surrogates(row: dict) -> None:
+    """BadRow, naming the first field whose name or value holds a lone surrogate, with those fields set
+    to None (a name that holds one is dropped); nothing when there is none."""
+    first = None
+    for name in list(row):
+        bad = _lone_surrogate(name) or _lone_surrogate(row[name])
+        if bad:
+            first = first or f"field {name!r}: a lone surrogate {bad} is not valid Unicode text"
+            if _lone_surrogate(name):
+                del row[name]
+            else:
+                row[name] = None
+    if first:
+        raise BadRow(first, row)
 
 
 # A checker returns the (possibly normalised) value, or raises BadRow with a message relative to `where`.
@@ -100,12 +166,27 @@ class RowValidator:
         self.id_field: str | None = input_schema.get("x-id-field")
 
     def parse(self, raw: str | bytes | dict) -> dict:
-        """The row object from JSON text or a dict (shallow-copied); BadRow if not a JSON object."""
-        if isinstance(raw, (str, bytes, bytearray)):
+        """The row object from JSON text (UTF-8 when bytes) or a dict (shallow-copied); BadRow if it is not
+        a JSON object of valid Unicode text and finite numbers."""
+        if isinstance(raw, (bytes, bytearray)):
             try:
-                raw = json.loads(raw)
+                raw = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadRow(f"row is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+        if isinstance(raw, str):
+            text = raw
+            try:
+                raw = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+            except BadRow:
+                raise
+            except RecursionError:
+                raise BadRow("row is nested too deeply to parse") from None
             except ValueError as e:
                 raise BadRow(f"row is not valid JSON: {e}") from None
+            if _SURROGATE_ESCAPE.search(text) and isinstance(raw, dict):
+                _drop_lone_surrogates(raw)
+            if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(raw):
+                raise BadRow(f"row is nested deeper than {MAX_DEPTH} levels")
         if not isinstance(raw, dict):
             raise BadRow(f"row must be a JSON object, got {type_name(raw)}")
         return dict(raw)

@@ -35,6 +35,16 @@ class RunError(Exception):
     """The run cannot start: unusable input, output or configuration (the message says why)."""
 
 
+class RunStopped(RunError):
+    """The run stopped before every row was written (its output cannot be written: a full disk);
+    the rows written are in the output and the summary, and ``--resume`` finishes the run."""
+
+    def __init__(self, reason: str, summary: dict):
+        super().__init__(f"stopped after {summary['rows']} rows: {reason}; free the space and re-run "
+                         "with --resume to finish")
+        self.summary = summary
+
+
 @dataclass(slots=True)
 class RunOptions:
     """Options of ``mxc run`` (see ``mxc run --help``)."""
@@ -105,10 +115,13 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
             ray.shutdown()
     summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
     summary["cluster"] = cluster
+    summary["stopped"] = res.stopped or sink_stats.get("failure")
     if opts.summary:
         Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     if opts.print_summary:
         print_summary(summary)
+    if summary["stopped"]:
+        raise RunStopped(summary["stopped"], summary)
     return summary
 
 

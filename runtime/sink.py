@@ -1,9 +1,11 @@
 """The sink: the one writer of the output file, and the driver's source of completions.
 
-Output is append-only JSON Lines, one whole line per row, flushed after every delivered batch. Rows
-are deduplicated by id (the first write wins), which makes re-runs after a crash exactly-once: a
-re-admitted row that was in fact finished, or a row already written by an earlier run (``--resume``),
-is dropped. The sink also owns the run's offloaded history texts (``store.RefStore``): it puts
+Output is append-only JSON Lines, one whole line per row, written with one ``write`` per delivered
+batch. A row counts as written, and its completion goes to the driver, only once its line is in the
+file: a write that fails (a full disk) is cut back to the last whole line and stops the run
+(``failure``), and ``--resume`` finishes it. Rows are deduplicated by id (the first write wins), which
+makes re-runs after a crash exactly-once: a re-admitted row that was in fact finished, or a row
+already written by an earlier run (``--resume``), is dropped. The sink also owns the run's offloaded history texts (``store.RefStore``): it puts
 them in the object store, hands their references to agents that ask, and frees a row's texts as soon
 as its line is written. It queues one completion per row for the driver,
 which long-polls :meth:`Sink.poll`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -59,6 +62,31 @@ def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
     return ids, cut
 
 
+def encode_line(row: dict) -> bytes:
+    """One output line: JSON, UTF-8, newline-terminated. A number that JSON cannot hold (NaN, ±Infinity)
+    is written as ``null``; a string holding a lone surrogate (a model's reply may) is written with
+    ``\\uXXXX`` escapes, so every line is valid JSON and valid UTF-8."""
+    try:
+        text = json.dumps(row, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        text = json.dumps(_finite(row), ensure_ascii=False, allow_nan=False, default=str)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(json.loads(text), ensure_ascii=True).encode("ascii") + b"\n"
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with NaN and ±Infinity floats replaced by None."""
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _key(row_id: Any) -> Hashable:
     """Dedup key of a row id (ids are str or int; anything else is keyed by its JSON text)."""
     if isinstance(row_id, (str, int)) and not isinstance(row_id, bool):
@@ -92,6 +120,13 @@ class OutputLocked(RuntimeError):
     """Another process holds the output file's lock."""
 
 
+def write_failure(path: str, exc: OSError) -> str:
+    """The one-line reason a run stopped because its output could not be written."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    what = exc.strerror or str(exc)
+    return f"cannot write the output {path!r}: {what}" + (f" ({code})" if code else "")
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class Sink:
     """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
@@ -107,6 +142,8 @@ class Sink:
             os.ftruncate(self._fd, 0)
             self._written, self.cut_bytes = set(), 0
         self._path = path
+        self._size = os.fstat(self._fd).st_size     # the end of the last whole line written
+        self.failure: str | None = None              # set when the output cannot be written any more
         self.refs = RefStore()
         self._handles = Handles(topo)
         self._outbox: Outbox | None = None
@@ -116,28 +153,42 @@ class Sink:
         self.duplicates = 0
         self.lines = 0
 
-    async def deliver(self, batch: bytes | list[tuple[Hashable, str, dict]]) -> int:
-        """Write rows: items are ``(key, json_line, info)``; ``info`` goes to the driver's completions."""
+    async def deliver(self, batch: bytes | list[tuple[Hashable, bytes, dict]]) -> int:
+        """Write rows: items are ``(key, line, info)`` (``line`` from :func:`encode_line`); ``info`` goes to
+        the driver's completions once the line is in the file."""
         batch = unpack(batch)
-        out: list[str] = []
-        freed: list[Hashable] = []
+        if self.failure is not None:
+            return 0                           # the output cannot be written: the run is stopping
+        keys: dict[Hashable, dict] = {}         # key -> info, in batch order
+        lines: list[bytes] = []
         for key, line, info in batch:
-            if key in self._written:
+            if key in self._written or key in keys:
                 self.duplicates += 1
                 continue
-            self._written.add(key)
-            out.append(line)
-            out.append("\n")
-            freed.append(key)
-            self._completions.append((key, info))
-        if out:
-            data = "".join(out).encode("utf-8")
-            while data:                        # one write per batch: whole lines, appended
-                data = data[os.write(self._fd, data):]
-            self.lines += len(freed)
-            self.refs.free(freed)
+            keys[key] = info
+            lines.append(line)
+        if keys and self._append(b"".join(lines)):
+            self._written.update(keys)
+            self.lines += len(keys)
+            self.refs.free(list(keys))
+            self._completions.extend(keys.items())
             self._wake()
         return 0
+
+    def _append(self, data: bytes) -> bool:
+        """Append whole lines; on failure cut the file back to its last whole line and record why."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            self.failure = write_failure(self._path, e)
+            self._wake()
+            return False
+        self._size += len(data)
+        return True
 
     def offload(self, batch: bytes | list[tuple[Hashable, str, str]]) -> int:
         """Put offloaded texts in the object store, owned here: items are ``(row_key, key, text)``."""
@@ -173,16 +224,17 @@ class Sink:
         if self._event is not None:
             self._event.set()
 
-    async def poll(self, timeout: float = 0.25) -> list[tuple[Hashable, dict]]:
-        """Completions since the last poll; waits up to ``timeout`` seconds for at least one."""
-        if not self._completions:
+    async def poll(self, timeout: float = 0.25) -> tuple[list[tuple[Hashable, dict]], str | None]:
+        """Completions since the last poll, and the write failure if the output cannot be written;
+        waits up to ``timeout`` seconds for at least one completion."""
+        if not self._completions and self.failure is None:
             if self._event is None:
                 self._event = asyncio.Event()
             self._event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
         done, self._completions = self._completions, []
-        return done
+        return done, self.failure
 
     def done_ids(self) -> tuple[list[Hashable], int]:
         """Ids already in the output when the sink started (``--resume``), and torn bytes cut."""
@@ -216,10 +268,18 @@ class Sink:
         return out
 
     def close(self) -> dict:
-        """Fsync the output. Returns counters, and the offloaded references still held and freed."""
-        os.fsync(self._fd)
+        """Fsync the output and check its size against what was written. Returns counters, the
+        offloaded references still held and freed, and ``failure`` (None when every line is on disk)."""
+        try:
+            os.fsync(self._fd)
+            size = os.fstat(self._fd).st_size
+            if size != self._size and self.failure is None:
+                self.failure = (f"the output {self._path!r} is {size} bytes, {self._size} were written: "
+                                "another process changed it")
+        except OSError as e:
+            self.failure = self.failure or write_failure(self._path, e)
         return {"lines": self.lines, "duplicates": self.duplicates, "cut_bytes": self.cut_bytes,
-                "offload": self.refs.stats()}
+                "offload": self.refs.stats(), "failure": self.failure}
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

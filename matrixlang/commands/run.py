@@ -13,7 +13,8 @@ EPILOG = """examples:
   mxc run coral.mx --input rows.jsonl --output out.jsonl --address ray://head:10001 --replicas teacher=4
 
 exit status: 0 when the run completed (rows that failed are written with their reason),
-1 when the program has errors, 2 when the input, output or options are unusable."""
+1 when the program has errors, 2 when the input, output or options are unusable,
+4 when the run stopped because its output could not be written (a full disk): --resume finishes it."""
 
 
 def register(sub) -> None:
@@ -84,7 +85,7 @@ def run(args) -> int:
     ir = _load_ir(args.file)
     if ir is None:
         return 1
-    from matrixlang.runtime.run import RunError, RunOptions
+    from matrixlang.runtime.run import RunError, RunOptions, RunStopped
     from matrixlang.runtime.run import run as run_ir
 
     opts = RunOptions(
@@ -95,6 +96,9 @@ def run(args) -> int:
         progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id)
     try:
         run_ir(ir, opts)
+    except RunStopped as e:
+        print(f"mxc run: {e}", file=sys.stderr)
+        return 4
     except RunError as e:
         print(f"mxc run: {e}", file=sys.stderr)
         return 2
