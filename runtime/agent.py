@@ -1,4 +1,5 @@
-"""The agent actor: one replica of one agent role, a node of the peer-to-peer message path.
+"""The agent actor: one replica of one agent role (or of a group of co-located roles), a node of the
+peer-to-peer message path.
 
 ``deliver(batch)`` only enqueues: each delivered message becomes its own asyncio task that fetches the
 offloaded history texts it needs, renders the step (``engine.prepare_call``), calls the model (the sim
@@ -7,8 +8,15 @@ to a replica of the next role, chosen by power of two choices on the load report
 this actor still has on its way there, or, when the row is finished, as one output line to the sink.
 In central mode every step result goes to the coordinator instead, which routes it.
 
-A message stays *held* (``held_ids``) from its delivery until the next actor has acknowledged it, so
-the driver can find rows that no live actor holds after an actor died.
+A replica may host several roles (``Topology.groups``: co-location). A message whose next role is
+hosted here is handed over in place, as a new task of this actor: no Ray call, no pickling of its
+history, no offloading. The runtime co-locates the roles of a workflow whose models all run outside
+the cluster (``openai``/``vllm``), where an actor hop costs more CPU than the step itself
+(docs/benchmarks.md, the HTTP path).
+
+A message stays *held* (``held_ids``) from its delivery until the next actor has acknowledged it (or,
+handed over in place, until its next step is done), so the driver can find rows that no live actor
+holds after an actor died.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 import ray
 
 from .cluster import Handles, Topology, actor_info, tune_gc
-from .engine import Engine, LLMCall, Reply, StepError
+from .engine import AgentSpec, Engine, LLMCall, Reply, StepError
 from .message import Message
 from .sink import encode_line, item_key, row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
@@ -67,23 +75,35 @@ def message_bytes(msg: Message) -> int:
     return len(pickle.dumps(msg, protocol=5))
 
 
+@dataclass(slots=True)
+class _Role:
+    """One role hosted by a replica: its spec, concurrency bound, call settings and counters."""
+
+    spec: AgentSpec
+    sem: asyncio.Semaphore
+    timeout_s: float
+    retries: int
+    calls: int = 0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=20000))
+
+
 @ray.remote(num_cpus=0)
 class AgentActor:
-    """One replica of an agent role."""
+    """One replica of an agent role, or of a group of co-located roles."""
 
-    def __init__(self, role: str, index: int, cfg: AgentConfig):
+    def __init__(self, roles: str | list[str], index: int, cfg: AgentConfig):
         tune_gc()
-        self.role, self.index, self.cfg = role, index, cfg
+        roles = [roles] if isinstance(roles, str) else list(roles)
+        self.role, self.index, self.cfg = "+".join(roles), index, cfg
         # openai models served by mxc sim-server get the simulator's replies: render them (mx_sim hints)
         hinted = any(m.sim_hints for m in cfg.openai.values())
         self.engine = Engine(cfg.ir, seed=cfg.seed, backend="sim" if hinted else cfg.backend)
-        self.spec = self.engine.agents[role]
+        self.roles = {r: self._role(r) for r in roles}
         self.topo = cfg.topo
-        self.name = cfg.topo.agent(role, index)
+        self.name = cfg.topo.agent(roles[0], index)
         self.handles = Handles(cfg.topo)
         self.rng = random.Random(f"{self.name}:{os.getpid()}")
         self.held = Held()  # row key -> copies held (processing or unacked)
-        self.sem = asyncio.Semaphore(max(1, self.spec.max_concurrency))
         self._outbox: Outbox | None = None
         self._waiting: dict[int, asyncio.Future] = {}      # req_id -> reply future
         self._deadlines: dict[int, float] = {}              # req_id -> monotonic deadline
@@ -95,17 +115,20 @@ class AgentActor:
         self._requests: dict[int, tuple[str, tuple]] = {}   # req_id -> (sim actor, request)
         self._next_req = int.from_bytes(os.urandom(5), "big") << 24   # distinct per incarnation
         self._reroutes: dict[int, int] = {}
-        self.calls = 0
         self.errors = 0
-        self.latencies: deque[float] = deque(maxlen=20000)
         self.hop_bytes = 0
         self.hops = 0
+        self.local_hops = 0
         self.dropped = 0
         self.output_need = self.engine.output_need()
-        model = self.engine.ir["models"].get(self.spec.model or "", {})
-        self.timeout_s = float(model.get("timeout_s") or cfg.call_timeout_s)
+
+    def _role(self, role: str) -> _Role:
+        spec = self.engine.agents[role]
+        model = self.engine.ir["models"].get(spec.model or "", {})
         retries = model.get("retries")
-        self.retries = cfg.call_retries if retries is None else int(retries)
+        return _Role(spec, asyncio.Semaphore(max(1, spec.max_concurrency)),
+                     float(model.get("timeout_s") or self.cfg.call_timeout_s),
+                     self.cfg.call_retries if retries is None else int(retries))
 
     # -- inbound ---------------------------------------------------------------------------------
     @property
@@ -137,7 +160,7 @@ class AgentActor:
     async def _run(self, msg: Message) -> None:
         key = row_key(msg.id)
         try:
-            async with self.sem:
+            async with self.roles[msg.state].sem:
                 routed = await self._step(msg)
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
@@ -147,8 +170,9 @@ class AgentActor:
     async def _step(self, msg: Message) -> bool:
         """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
         eng = self.engine
+        role = self.roles[msg.state]
         try:
-            texts = await fetch_texts(msg.history, eng.history_need(self.role), self.cache,
+            texts = await fetch_texts(msg.history, eng.history_need(msg.state), self.cache,
                                       functools.partial(self._texts_of, row_key(msg.id)))
         except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
             self.dropped += 1      # its offloaded texts are gone (the sink restarted): re-run it
@@ -166,26 +190,25 @@ class AgentActor:
                 eng.fail(msg, "error", "model_error", err, time.time())
                 return await self._finish(msg, texts)
         elif isinstance(call, LLMCall):
-            reply = await self._call_model(call)
+            reply = await self._call_model(call, role)
             if reply is None:
                 eng.fail(msg, "error", "model_error",
-                         f"model {call.model!r}: no reply after {self.retries} retries "
-                         f"(timeout {self.timeout_s:g}s)", time.time())
+                         f"model {call.model!r}: no reply after {role.retries} retries "
+                         f"(timeout {role.timeout_s:g}s)", time.time())
                 return await self._finish(msg, texts)
         else:
-            reply, err = await self._call_tool(call)
+            reply, err = await self._call_tool(call, role)
             if reply is None:
                 eng.fail(msg, "error", "tool_error", err, time.time())
                 return await self._finish(msg, texts)
-        self.latencies.append(time.perf_counter() - t0)
-        self.calls += 1
+        role.latencies.append(time.perf_counter() - t0)
+        role.calls += 1
         try:
             eng.apply_reply(msg, reply, texts, time.time())
         except StepError as e:
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
         if msg.finished:
             return await self._finish(msg, list(texts) + [reply.text])
-        self._offload(msg)
         self._route(msg)
         return True
 
@@ -213,13 +236,13 @@ class AgentActor:
             text = msg.history[-1]["text"]
             self.cache.put(text_key(text), text)
 
-    async def _call_model(self, call: LLMCall) -> Reply | None:
+    async def _call_model(self, call: LLMCall, role: _Role) -> Reply | None:
         """One model call through the sim service, retried on timeout; None after the last retry."""
         sims = self.topo.sims_of(call.model)
-        for _ in range(self.retries + 1):
+        for _ in range(role.retries + 1):
             req_id = self._next_req
             self._next_req += 1
-            fut = self._expect(req_id, self.timeout_s)
+            fut = self._expect(req_id, role.timeout_s)
             dest = pick_two(sims, lambda n: self.outbox.load(("sim", n)), self.rng)
             req = (self.name, req_id, call.model, call.sim_text, call.sim_tokens, call.prompt_tokens,
                    call.seed_key)
@@ -304,7 +327,7 @@ class AgentActor:
             self.errors += 1
             return None, f"model {call.model!r}: {e.detail}"
 
-    async def _call_tool(self, call) -> tuple[Reply | None, str]:
+    async def _call_tool(self, call, role: _Role) -> tuple[Reply | None, str]:
         """One tool run through the tool service; (None, detail) when it fails after retries."""
         spec = self.engine.ir["tools"][call.tool]
         pool = self._tool_pools.get(call.tool)
@@ -316,7 +339,7 @@ class AgentActor:
         detail = "no tool service"
         for _ in range(self.cfg.call_retries + 1):
             try:
-                res = await pool.run(call.input, self.timeout_s + float(spec.get("timeout_s") or 0))
+                res = await pool.run(call.input, role.timeout_s + float(spec.get("timeout_s") or 0))
             except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                 self.errors += 1
                 detail = f"tool {call.tool!r}: {type(e).__name__}"
@@ -334,7 +357,13 @@ class AgentActor:
         return self.handles.get(self.topo.sink)
 
     def _route(self, msg: Message) -> None:
-        """Send a running message on: to a replica of its next role (or to the coordinator)."""
+        """Send a running message on: in place when its next role is hosted here, else to a replica of
+        that role (or to the coordinator). Handed over in place, the message keeps this actor's hold."""
+        if msg.state in self.roles and not self.topo.central:
+            self.local_hops += 1
+            spawn(self._run(msg), self._tasks)
+            return
+        self._offload(msg)
         if self.cfg.measure_bytes:
             self.hop_bytes += message_bytes(msg)
             self.hops += 1
@@ -421,8 +450,10 @@ class AgentActor:
 
     def stats(self) -> dict:
         """Calls, call latencies (seconds), errors, transport counters, bytes per hop."""
-        return {"role": self.role, "index": self.index, "calls": self.calls, "errors": self.errors,
-                "latencies": list(self.latencies), "held": len(self.held), "dropped": self.dropped,
+        return {"role": self.role, "index": self.index, "errors": self.errors,
+                "calls": sum(r.calls for r in self.roles.values()),
+                "roles": {name: {"calls": r.calls, "latencies": list(r.latencies)} for name, r in self.roles.items()},
+                "held": len(self.held), "dropped": self.dropped, "local_hops": self.local_hops,
                 "hops": self.hops, "hop_bytes": self.hop_bytes, "node": actor_info()[2],
                 "clients": {m: c.snapshot() for m, c in self._clients.items()},
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "chars": self.cache.chars},

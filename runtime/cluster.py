@@ -147,15 +147,28 @@ class Topology:
     sims: dict[str, list[int]] = field(default_factory=dict)   # model → sim service actors hosting it
     tools: dict[str, int] = field(default_factory=dict)        # tool → tool service actors
     central: bool = False
+    groups: list[list[str]] = field(default_factory=list)      # co-located roles (same replicas each)
+
+    def group(self, role: str) -> list[str]:
+        """The roles whose replicas are the same actors as ``role``'s (``[role]`` when alone)."""
+        return next((g for g in self.groups if role in g), [role])
 
     def agent(self, role: str, i: int) -> str:
-        return f"{self.prefix}:agent:{role}:{i}"
+        return f"{self.prefix}:agent:{'+'.join(self.group(role))}:{i}"
 
     def agents(self, role: str) -> list[str]:
         return [self.agent(role, i) for i in range(self.roles[role])]
 
     def all_agents(self) -> list[str]:
-        return [n for role in self.roles for n in self.agents(role)]
+        return list(dict.fromkeys(n for role in self.roles for n in self.agents(role)))
+
+    def hosts(self) -> list[tuple[list[str], int]]:
+        """Each agent actor kind: (the roles it hosts, replicas)."""
+        out: dict[str, tuple[list[str], int]] = {}
+        for role, n in self.roles.items():
+            g = self.group(role)
+            out.setdefault("+".join(g), (g, n))
+        return list(out.values())
 
     def sim(self, i: int) -> str:
         return f"{self.prefix}:sim:{i}"

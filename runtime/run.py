@@ -71,6 +71,7 @@ class RunOptions:
     measure_bytes: bool = False           # count pickled bytes per hop (costs CPU)
     run_id: str | None = None             # names the run's actors (tests use it to find them)
     idle_scan_s: float = 5.0
+    colocate: str = "auto"                # "auto" | "all" | "none": roles sharing agent actors
 
 
 def run(ir: dict | str | Path, opts: RunOptions) -> dict:
@@ -130,6 +131,8 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError(f"--schedule must be row or batch, got {opts.schedule!r}")
     if opts.orchestrator not in ("p2p", "central"):
         raise RunError(f"--orchestrator must be p2p or central, got {opts.orchestrator!r}")
+    if opts.colocate not in ("auto", "all", "none"):
+        raise RunError(f"--colocate must be auto, all or none, got {opts.colocate!r}")
     if opts.max_in_flight < 1:
         raise RunError("--max-in-flight must be at least 1")
     if opts.limit is not None and opts.limit < 0:
@@ -163,15 +166,33 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
 
 def _topology(engine: Engine, opts: RunOptions) -> Topology:
     roles = {name: int(opts.replicas.get(name, spec.replicas)) for name, spec in engine.agents.items()}
-    models = sorted({spec.model for spec in engine.agents.values() if spec.kind == "llm"})
+    # the in-cluster sim service hosts only the models that run on it (not openai/vllm services)
+    models = sorted({spec.model for spec in engine.agents.values()
+                     if spec.kind == "llm" and engine.model_backend(spec.model) == "sim"})
     reps = {m: int(engine.ir["models"][m]["sim"]["replicas"]) for m in models}
     n_sim = max(1, min(opts.sim_actors, max(reps.values(), default=1)))
     sims = {m: list(range(min(reps[m], n_sim))) for m in models}
     tools = {t: max(1, int(engine.ir["tools"][t].get("replicas", 1)))
              for t in sorted({s.tool for s in engine.agents.values() if s.kind == "tool"})}
     prefix = f"mx-{opts.run_id or uuid.uuid4().hex[:8]}"
-    return Topology(prefix, ray.get_runtime_context().namespace, roles, sims, tools,
-                    central=opts.orchestrator == "central")
+    central = opts.orchestrator == "central"
+    groups = [list(roles)] if len(roles) > 1 and not central and _colocate(engine, opts, roles) else []
+    if groups:
+        n = max(roles.values())
+        roles = dict.fromkeys(roles, n)
+    return Topology(prefix, ray.get_runtime_context().namespace, roles, sims, tools, central=central,
+                    groups=groups)
+
+
+def _colocate(engine: Engine, opts: RunOptions, roles: dict[str, int]) -> bool:
+    """Whether every role runs in the same agent actors. ``auto``: when no model runs in the cluster
+    (every LLM agent calls an ``openai`` or ``vllm`` service, where a hop between actors costs more CPU
+    than the step) and every role has the same replicas."""
+    if opts.colocate != "auto":
+        return opts.colocate == "all"
+    external = all(engine.model_backend(s.model) in ("openai", "vllm")
+                   for s in engine.agents.values() if s.kind == "llm")
+    return opts.backend != "sim" and external and len(set(roles.values())) == 1
 
 
 def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, openai: dict,
@@ -202,11 +223,12 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
                       measure_bytes=opts.measure_bytes,
                       call_retries=int(engine.limits.get("retries", 3)),
                       call_timeout_s=float(engine.limits.get("call_timeout_s", 120.0)))
-    for role, n in topo.roles.items():
+    for roles, n in topo.hosts():
         for i in range(n):
-            actors[topo.agent(role, i)] = AgentActor.options(
-                name=topo.agent(role, i), max_concurrency=10000, max_restarts=10,
-                scheduling_strategy="SPREAD").remote(role, i, cfg)
+            name = topo.agent(roles[0], i)
+            actors[name] = AgentActor.options(
+                name=name, max_concurrency=10000, max_restarts=10,
+                scheduling_strategy="SPREAD").remote(roles, i, cfg)
     if topo.central:
         actors["coordinator"] = Coordinator.options(name=topo.coordinator).remote(
             topo, opts.coalesce, opts.window_s)
@@ -270,15 +292,17 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
         calls = 0
         per_replica = []
         for name in topo.agents(role):
-            s = stats.get(name, {})
+            s = stats.get(name, {}).get("roles", {}).get(role, {})
             lat.extend(s.get("latencies", []))
             calls += s.get("calls", 0)
             per_replica.append(s.get("calls", 0))
-            hop_bytes += s.get("hop_bytes", 0)
-            hops += s.get("hops", 0)
         calls_total += calls
         agents[role] = {"replicas": topo.roles[role], "calls": calls, "replica_calls": per_replica,
-                        "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95)}
+                        "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95),
+                        "mean_s": sum(lat) / len(lat) if lat else None}
+    for name in topo.all_agents():
+        hop_bytes += stats.get(name, {}).get("hop_bytes", 0)
+        hops += stats.get(name, {}).get("hops", 0)
     for s in stats.values():
         ob = s.get("outbox") if isinstance(s, dict) else None
         if ob:
@@ -296,6 +320,7 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
         "steps": res.steps, "hops_per_s": per(res.steps),
         "peak_in_flight": res.peak_in_flight, "max_in_flight": opts.max_in_flight,
         "schedule": opts.schedule, "orchestrator": opts.orchestrator, "seed": opts.seed,
+        "colocated": topo.groups,
         "backend": opts.backend, "agents": agents,
         "skipped_done": res.skipped_done, "duplicate_ids": res.duplicate_ids, "input_rows": res.input_rows,
         "readmitted": res.readmitted, "lost": res.lost, "actor_restarts": res.deaths, "lost_scans": res.scans,

@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="OUT.jsonl", help="output rows (JSON Lines)")
     p.add_argument("--backend", choices=["sim"], help="replace every model by the built-in simulator")
     p.add_argument("--max-in-flight", type=int, default=256, metavar="N", help="rows in the system at once (256)")
+    p.add_argument("--colocate", choices=["auto", "all", "none"], default="auto",
+                   help="run every agent role in the same actors, handing a row from agent to agent in place "
+                        "(auto: when every model is an openai/vllm service and the roles have equal replicas)")
     p.add_argument("--schedule", choices=["row", "batch"], default="row",
                    help="row: admit a row as soon as one finishes (default); batch: wait for whole batches")
     p.add_argument("--orchestrator", choices=["p2p", "central"], default="p2p",
@@ -93,7 +96,8 @@ def run(args) -> int:
         schedule=args.schedule, orchestrator=args.orchestrator, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, summary=args.summary, limit=args.limit,
         offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
-        progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id)
+        progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id,
+        colocate=args.colocate)
     try:
         run_ir(ir, opts)
     except RunStopped as e:

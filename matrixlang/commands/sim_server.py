@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="reply length in tokens when a request has no mx_sim hint (16..64)")
     p.add_argument("--ttft", default="10ms", metavar="T", help="time to first token (10ms)")
     p.add_argument("--per-token", default="0.5ms", metavar="T", help="decode time per token (0.5ms)")
+    p.add_argument("--slowdown", type=float, default=0.5, metavar="X",
+                   help="continuous-batching slowdown of decoding at a full replica: per-token time x "
+                        "(1 + X * active / max-concurrency) (0.5; 0: no slowdown)")
     p.add_argument("--seed", type=int, default=0, help="seed of replies and injected faults (0)")
     p.add_argument("--error-rate", type=float, default=0.0, metavar="X", help="fraction answered 500")
     p.add_argument("--timeout-rate", type=float, default=0.0, metavar="X",
@@ -76,7 +79,7 @@ def run(args) -> int:
             raise ValueError("--retry-after must be >= 0")
         cfg = SimServerConfig(
             host=args.host, port=args.port, replicas=args.replicas, max_concurrency=args.max_concurrency,
-            tokens=token_range(args.tokens), ttft_s=duration(args.ttft), per_token_s=duration(args.per_token),
+            tokens=token_range(args.tokens), ttft_s=duration(args.ttft), per_token_s=duration(args.per_token), slowdown=args.slowdown,
             seed=args.seed, error_rate=args.error_rate, timeout_rate=args.timeout_rate,
             throttle_rate=args.throttle_rate, retry_after=args.retry_after.strip(),
             timeout_hold_s=duration(args.timeout_hold), models=tuple(args.model) or ("mx-sim",),

@@ -91,6 +91,23 @@ def test_killing_an_agent_mid_run_loses_no_row_and_doubles_none(ray_local, tmp_p
     assert s["readmitted"] >= len(held) and s["actor_restarts"] >= 1 and s["lost"] == 0
 
 
+def test_killing_a_colocated_agent_mid_run_loses_no_row_and_doubles_none(ray_local, tmp_path):
+    """Teacher and student in the same actors: a crash loses rows of both roles at once."""
+    n = 30
+    t, result, out = start_run(tmp_path, slow_student(), n, "faults4", max_in_flight=n, idle_scan_s=2.0,
+                               colocate="all", replicas={"teacher": 2, "student": 2})
+    held = kill_when_holding("mx-faults4:agent:teacher+student:0", 8, result)
+    t.join(timeout=300)
+    assert not t.is_alive(), "the run did not finish"
+    assert "error" not in result, result.get("error")
+    rows = {r["_meta"]["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert out.read_text().count("\n") == n and sorted(rows) == sorted(f"r{i}" for i in range(n))
+    assert {r["_meta"]["status"] for r in rows.values()} == {"ok"}
+    assert held <= {k for k, r in rows.items() if r["_meta"]["attempt"] == 1}
+    s = result["summary"]
+    assert s["colocated"] == [["teacher", "student"]] and s["readmitted"] >= len(held) and s["lost"] == 0
+
+
 def test_a_row_lost_more_than_row_attempts_times_is_written_as_error(ray_local, tmp_path):
     ir = slow_student()
     ir["limits"]["row_attempts"] = 0             # no re-run allowed: a lost row is written as error

@@ -34,6 +34,7 @@ def test_openai_backend_through_two_sim_servers(ray_local, tmp_path, monkeypatch
             r["_meta"].pop("usage")
     assert got == want
     assert summary["rows"] == 12 and summary["backend"] is None
+    assert summary["colocated"] == [["teacher", "student"]]   # openai models only: one actor kind hosts both roles
     chat = [sum(v for k, v in m.items() if k.startswith("mx_sim_requests_total") and "chat" in k) for m in served]
     assert sum(chat) == summary["steps"] and all(n > 0 for n in chat), json.dumps(served)[:2000]
 

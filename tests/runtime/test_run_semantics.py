@@ -138,7 +138,12 @@ def test_row_batch_and_central_runs_write_identical_rows(ray_local, tmp_path):
     batch, s_batch = run_rows(tmp_path, ir, rows, "batch", max_in_flight=6, seed=7, schedule="batch")
     central, s_central = run_rows(tmp_path, ir, rows, "central", max_in_flight=6, seed=7,
                                   orchestrator="central")
-    assert base == batch == central == reference(ir, rows, seed=7)
+    together, s_together = run_rows(tmp_path, ir, rows, "together", max_in_flight=6, seed=7, colocate="all",
+                                    replicas={"teacher": 2, "student": 2})
+    assert base == batch == central == together == reference(ir, rows, seed=7)
+    assert s_row["colocated"] == [] and s_together["colocated"] == [["teacher", "student"]]
+    assert s_together["agents"]["teacher"]["calls"] == s_row["agents"]["teacher"]["calls"] > 0
+    assert s_together["agents"]["student"]["replica_calls"] != [0, 0]
     assert len(base) == 30
     assert reference(ir, rows, seed=7) != reference(ir, rows, seed=0)    # so the runs used the seed
     for s in (s_row, s_batch, s_central):
