@@ -1,6 +1,6 @@
 """Item 5: offloading. Bytes serialized per hop (the pickled orchestrator message as it travels
 between agents; an offloaded entry counts its reference, not its text: runtime ``--measure-bytes``)
-with offloading (threshold 512 B, the default) and without it (threshold -1), on ``longhist.mx``
+with offloading (threshold 512 B; the default is 64 KiB, bench/offload_crossover.py) and without it (threshold -1), on ``longhist.mx``
 rows: 16 steps of 2.5-5 KB replies. Two variants: the agents read only the previous reply (the
 program as written: history carried, not re-read) and the agents send the whole conversation
 (``history = true``: every offloaded text is fetched back at every step)."""

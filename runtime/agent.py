@@ -49,7 +49,7 @@ class AgentConfig:
     topo: Topology
     seed: int = 0
     backend: str | None = None
-    offload_threshold: int = 512
+    offload_threshold: int = 65536
     coalesce: bool = True
     window_s: float = 0.002
     measure_bytes: bool = False

@@ -60,7 +60,7 @@ class RunOptions:
     overwrite: bool = False
     summary: str | None = None            # write the summary JSON here
     limit: int | None = None
-    offload_threshold: int = 512          # bytes; a negative value disables offloading
+    offload_threshold: int = 65536        # bytes; a negative value disables offloading (bench/offload_crossover.py)
     address: str | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     progress: str = "auto"                # "auto" | "bar" | "plain" | "off"

@@ -40,8 +40,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--summary", metavar="S.json", help="write the run summary as JSON")
     p.add_argument("--limit", type=int, metavar="N", help="run only the first N input rows")
-    p.add_argument("--offload-threshold", type=int, default=512, metavar="BYTES",
-                   help="history texts larger than this go to Ray's object store (512; -1: never)")
+    p.add_argument("--offload-threshold", type=int, default=65536, metavar="BYTES",
+                   help="history texts larger than this go to Ray's object store when a row moves between "
+                        "actors (65536; -1: never)")
     p.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--replicas", action="append", default=[], metavar="AGENT=N",
                    help="actors for an agent role, overriding the program (repeatable)")
