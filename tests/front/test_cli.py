@@ -19,6 +19,9 @@ The files are written to a fresh directory, where the commands run in order:
     exists NAME             the file exists (`! exists NAME`: it does not)
 
 Lines starting with `#` are comments.
+
+Update mode: `MX_UPDATE_GOLDEN=1 pytest tests/front/test_cli.py` turns every `cmp stdout|stderr NAME`
+that differs into a rewrite of the section NAME of its script (CUE's `CUE_UPDATE`): review the diff.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).parent / "cli").glob("*.txt"))
+ALL_SCRIPTS = sorted((Path(__file__).parent / "cli").glob("*.txt"))
+# A script whose first line is `# slow...` (it starts Ray) runs with `-m slow` only.
+SLOW = [p for p in ALL_SCRIPTS if p.read_text(encoding="utf-8").startswith("# slow")]
+SCRIPTS = [p for p in ALL_SCRIPTS if p not in SLOW]
 SECTION = re.compile(r"^-- (.+?) --$", re.M)
+UPDATE = bool(os.environ.get("MX_UPDATE_GOLDEN"))
 
 
 def parse_txtar(text: str) -> tuple[str, dict[str, str]]:
@@ -46,6 +53,11 @@ def parse_txtar(text: str) -> tuple[str, dict[str, str]]:
     # The newline that ends a `-- NAME --` line belongs to the marker, not to the file.
     files = {parts[i].strip(): parts[i + 1].removeprefix("\n") for i in range(1, len(parts), 2)}
     return parts[0], files
+
+
+def format_txtar(script: str, files: dict[str, str]) -> str:
+    """The archive of ``script`` and ``files`` (the inverse of :func:`parse_txtar`)."""
+    return script + "".join(f"-- {name} --\n{text}" for name, text in files.items())
 
 
 def mxc_command() -> list[str]:
@@ -64,6 +76,7 @@ class Run:
     stdout: str = ""
     stderr: str = ""
     status: int | None = None
+    updates: dict[str, str] = field(default_factory=dict)   # sections rewritten in update mode
 
     def exec(self, args: list[str]) -> None:
         prog = {"mxc": mxc_command(), "python": [sys.executable]}.get(args[0])
@@ -100,6 +113,10 @@ class Run:
         elif cmd == "cmp":
             want = (self.cwd / args[1]).read_text(encoding="utf-8")
             got = self.stream(args[0])
+            if UPDATE and got != want and args[1] in self.files:
+                self.updates[args[1]] = got
+                (self.cwd / args[1]).write_text(got, encoding="utf-8")
+                return
             assert got == want, f"{args[0]} differs from {args[1]}:\n--- got ---\n{got}--- want ---\n{want}"
         elif cmd == "cmpfiles":
             a, b = (self.cwd / args[0]).read_bytes(), (self.cwd / args[1]).read_bytes()
@@ -135,6 +152,8 @@ def run_script(path: Path, workdir: Path) -> None:
             run.step(line)
         except AssertionError as exc:
             raise AssertionError(f"{path.name}:{lineno}: {line}\n{exc}") from None
+    if run.updates:
+        path.write_text(format_txtar(script, {**files, **run.updates}), encoding="utf-8")
 
 
 def test_there_are_scripts() -> None:
@@ -165,6 +184,12 @@ def test_cli_script(path: Path, script_results: dict[Path, Exception | None]) ->
     failure = script_results[path]
     if failure is not None:
         raise failure
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SLOW, ids=[p.stem for p in SLOW])
+def test_cli_slow_script(path: Path, tmp_path: Path) -> None:
+    run_script(path, tmp_path)
 
 
 # ---- the script runner itself must be able to fail ---------------------------------------------
@@ -200,6 +225,22 @@ def test_runner_rejects_bad_json(checked_ok: Run) -> None:
 
 
 def test_txtar_sections() -> None:
-    script, files = parse_txtar("exec x\n-- a.mx --\nline 1\nline 2\n-- b/c.txt --\n\n-- e --\n")
+    text = "exec x\n-- a.mx --\nline 1\nline 2\n-- b/c.txt --\n\n-- e --\n"
+    script, files = parse_txtar(text)
     assert script == "exec x\n"
     assert files == {"a.mx": "line 1\nline 2\n", "b/c.txt": "\n", "e": ""}
+    assert format_txtar(script, files) == text
+
+
+def test_update_mode_rewrites_the_section_a_cmp_names(tmp_path: Path, monkeypatch) -> None:
+    script = tmp_path / "s.txt"
+    script.write_text("exec mxc check ok.mx\ncmp stdout want.txt\n\n-- ok.mx --\n"
+                      + (Path(__file__).parent / "golden" / "clean_coral.mx").read_text(encoding="utf-8")
+                      + "-- want.txt --\nstale\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="differs from want.txt"):
+        run_script(script, tmp_path / "a")
+    monkeypatch.setattr(sys.modules[__name__], "UPDATE", True)
+    run_script(script, tmp_path / "b")
+    assert parse_txtar(script.read_text(encoding="utf-8"))[1]["want.txt"] == "ok.mx: ok\n"
+    monkeypatch.setattr(sys.modules[__name__], "UPDATE", False)
+    run_script(script, tmp_path / "c")

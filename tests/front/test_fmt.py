@@ -9,11 +9,11 @@ whitespace and comments of the real workflows and generates random programs.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -88,230 +88,38 @@ def test_there_are_workflows() -> None:
     assert len(WORKFLOWS) >= 3
 
 
-# ---- the canonical style, exactly -------------------------------------------------------------
+# ---- the canonical style, exactly ---------------------------------------------------------------
+# Golden pairs in tests/front/fixtures/fmt/: NAME.in.mx (messy) formats to exactly NAME.out.mx.
+# `MX_UPDATE_GOLDEN=1 pytest tests/front/test_fmt.py` rewrites the .out.mx files: review the diff.
 
-CASES = {
-    "spacing": (
-        '''
-        workflow   demo    "A   demo"
-        input{id:str
-           q :  list[ str ] ?   }
-        model m{backend="sim"    tokens=1..5  ttft = 1.50s  temperature=0.70}
-        agent   a   {model=m
-        system="hi\\tthere"   sim = "x"
-          params{ max_tokens=  3 }
-        extract   ans=regex( r"(\\d+)" )}
-        flow{start->a
-        a->end   when a.ans!=null   and(turns>3 or turns<1)
-        a->fail"bad"}
-        output{id=row.id   n=-3+ - 2 * (1+2)  ok= not(a.ans==null)  t=a.text[ -5 : ]}
-        ''',
-        '''
-        workflow demo "A   demo"
-
-        input {
-          id: str
-          q: list[str]?
-        }
-
-        model m { backend = "sim"  tokens = 1..5  ttft = 1.5s  temperature = 0.7 }
-
-        agent a {
-          model = m
-          system = "hi\\tthere"
-          sim = "x"
-          params { max_tokens = 3 }
-          extract ans = regex(r"(\\d+)")
-        }
-
-        flow {
-          start -> a
-          a -> end when a.ans != null and (turns > 3 or turns < 1)
-          a -> fail "bad"
-        }
-
-        output { id = row.id  n = -3 + -2 * (1 + 2)  ok = not a.ans == null  t = a.text[-5:] }
-        '''),
-    "comments": (
-        '''
-        # demo: comments everywhere
-        # second header line
-
-        workflow demo   # trailing on workflow
-
-        # about the input
-        input {   # after the brace
-          id: str   # the id
-
-          q: str # the question
-          # before the closing brace
-        }  # after the closing brace
-        model m { backend = "sim" }  # one-line block
-        agent a {
-          model = m   # model
-          # leading comment of sim
-          sim = "x"
-          params {  # params open
-            temperature = 0.5
-          }
-        }
-        flow {
-          start -> a
-          a -> end when a.text != null   # first
-              and turns > 1              # inside the guard
-          a -> fail "r"
-        }
+FMT_DIR = Path(__file__).parent / "fixtures" / "fmt"
+FMT_CASES = sorted(FMT_DIR.glob("*.in.mx"))
 
 
-
-        output { id = row.id }
-        # trailing comment of the file
-
-        # last
-        ''',
-        '''
-        # demo: comments everywhere
-        # second header line
-
-        workflow demo  # trailing on workflow
-
-        # about the input
-        input {    # after the brace
-          id: str  # the id
-
-          q: str  # the question
-          # before the closing brace
-        }  # after the closing brace
-
-        model m { backend = "sim" }  # one-line block
-
-        agent a {
-          model = m  # model
-          # leading comment of sim
-          sim = "x"
-          params {  # params open
-            temperature = 0.5
-          }
-        }
-
-        flow {
-          start -> a
-          # first
-          a -> end when a.text != null and turns > 1  # inside the guard
-          a -> fail "r"
-        }
-
-        output { id = row.id }
-        # trailing comment of the file
-
-        # last
-        '''),
-    "one_line_program": (
-        'workflow w "one line" input { id: str } model m { backend = "sim" } agent a { model = m sim = "ok" } '
-        "flow { start -> a a -> end } output { id = row.id  text = a.text }",
-        '''
-        workflow w "one line"
-
-        input { id: str }
-
-        model m { backend = "sim" }
-
-        agent a { model = m  sim = "ok" }
-
-        flow { start -> a  a -> end }
-
-        output { id = row.id  text = a.text }
-        '''),
-    "long_lines": (
-        '''
-        workflow l
-        input { id: str  question: str  context: str?  choices: list[str]  answer: str?  hint: str? }
-        model m { backend = "openai"  name = "meta-llama/Llama-3.1-8B-Instruct"  url = env("LLM_URL")  max_tokens = 64 }
-        agent a { model = m  sim = "Answer: A"  extract ans = regex(r"Answer: ([A-D])") }
-        flow {
-          start -> a
-          a -> end when a.ans != null and (a.ans == row.answer or row.answer == null) and len(a.text) > 10 and turns < 5
-          a -> fail "no_answer" when turns >= 3
-          a -> a
-        }
-        output { id = row.id  ok = a.ans == row.answer }
-        ''',
-        '''
-        workflow l
-
-        input { id: str  question: str  context: str?  choices: list[str]  answer: str?  hint: str? }
-
-        model m {
-          backend = "openai"
-          name = "meta-llama/Llama-3.1-8B-Instruct"
-          url = env("LLM_URL")
-          max_tokens = 64
-        }
-
-        agent a { model = m  sim = "Answer: A"  extract ans = regex(r"Answer: ([A-D])") }
-
-        flow {
-          start -> a
-          a -> end when a.ans != null and (a.ans == row.answer or row.answer == null) and len(a.text) > 10
-              and turns < 5
-          a -> fail "no_answer" when turns >= 3
-          a -> a
-        }
-
-        output { id = row.id  ok = a.ans == row.answer }
-        '''),
-}
-
-# Tabs and odd indentation inside triple-quoted strings: re-indented, escapes kept as written.
-STRINGS_IN = ('workflow s\ninput { id: str }\nmodel m { backend = "sim" }\nagent a {\n\tmodel = m\n'
-              '\tsystem = """\n\t\tFirst line {{ row.id }}\n\t\t  indented\n\n\t\tlast \\\\d+ and a \\"quote\\"\n'
-              '\t"""\n  prompt = """one line"""\n  sim = r"""\n        raw \\d+\n    kept"""\n}\n'
-              'flow { start -> a  a -> end }\noutput { id = row.id }\n')
-STRINGS_OUT = '''
-workflow s
-
-input { id: str }
-
-model m { backend = "sim" }
-
-agent a {
-  model = m
-  system = """
-    First line {{ row.id }}
-      indented
-
-    last \\\\d+ and a \\"quote\\"
-  """
-  prompt = """one line"""
-  sim = r"""
-        raw \\d+
-    kept
-  """
-}
-
-flow { start -> a  a -> end }
-
-output { id = row.id }
-'''
+def fmt_pair(name: str) -> tuple[str, str]:
+    """(messy, canonical) texts of a golden pair."""
+    return tuple((FMT_DIR / f"{name}.{k}.mx").read_text(encoding="utf-8") for k in ("in", "out"))  # type: ignore[return-value]
 
 
-def _dedent(s: str) -> str:
-    return textwrap.dedent(s).lstrip("\n")
+def test_there_are_fmt_cases() -> None:
+    assert {"comments", "long_lines", "one_line_program", "spacing", "strings"} <= {
+        p.name.removesuffix(".in.mx") for p in FMT_CASES}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_canonical_style(name: str) -> None:
-    messy, expected = CASES[name]
-    messy, expected = _dedent(messy), _dedent(expected)
+@pytest.mark.parametrize("path", FMT_CASES, ids=lambda p: p.name.removesuffix(".in.mx"))
+def test_canonical_style(path: Path) -> None:
+    messy = path.read_text(encoding="utf-8")
     out = format_text(messy)
-    assert out == expected
+    golden = path.with_name(path.name.replace(".in.mx", ".out.mx"))
+    if os.environ.get("MX_UPDATE_GOLDEN"):
+        golden.write_text(out, encoding="utf-8")
+    assert out == golden.read_text(encoding="utf-8")
     assert_preserved(messy, out)
 
 
 def test_strings_are_reindented_with_the_same_value() -> None:
-    out = format_text(STRINGS_IN)
-    assert out == STRINGS_OUT.lstrip("\n")
-    assert_preserved(STRINGS_IN, out)
+    """Tabs and odd indentation inside triple-quoted strings: re-indented, escapes kept as written."""
+    out = format_text(fmt_pair("strings")[0])
     ir = compile_source(Source("s.mx", out))[0]
     assert ir["agents"]["a"]["system"] == 'First line {{ row.id }}\n  indented\n\nlast \\d+ and a "quote"'
     assert ir["agents"]["a"]["sim"] == "    raw \\d+\nkept"
@@ -371,7 +179,7 @@ def test_syntax_errors_are_not_formatted() -> None:
 # ---- the command ------------------------------------------------------------------------------
 
 def test_cli_check_write_and_print(tmp_path: Path, capsys) -> None:
-    messy, expected = (_dedent(s) for s in CASES["spacing"])
+    messy, expected = fmt_pair("spacing")
     bad = tmp_path / "messy.mx"
     good = tmp_path / "good.mx"
     bad.write_text(messy)
@@ -397,7 +205,7 @@ def test_cli_check_write_and_print(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_entry_point_reads_stdin() -> None:
-    messy, expected = (_dedent(s) for s in CASES["spacing"])
+    messy, expected = fmt_pair("spacing")
     r = mxc("fmt", "-", stdin=messy)
     assert (r.returncode, r.stdout) == (0, expected)
     r = mxc("fmt", "--check", "-", stdin=messy)
