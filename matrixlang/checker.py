@@ -6,6 +6,7 @@ compiler turns into IR.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,10 @@ def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
         arg = v.args[0]
         if v.fn.value == "regex":
             ok = check_regex(an.diags, arg)
+            if ok and re.compile(arg.value, re.DOTALL).groups == 0:
+                an.diags.warning("W006", f"regex of extract `{name}` has no capture group: its value is the "
+                                 "whole match", arg.span, "put the part you want in a group, e.g. "
+                                 '`r"Answer: ([A-D])"`, or the whole pattern to keep the whole match')
             out.append({"name": name, "kind": "regex", "pattern": arg.value, "span": e.name.span, "ok": ok})
         else:
             path = [p for p in arg.value.split(".")]
