@@ -2,11 +2,29 @@
 
 Kinds: str, int, number, bool, duration, size, range, template, url, secret, str_or_list,
 model (a model name), tool (a tool name), backend, tool_kind, api.
+
+The language's names and defaults (context names, reserved names, limits, tool and simulator
+defaults) are the runtime's own table, `matrixlang.runtime.names`, re-exported here; functions are
+`matrixlang.runtime.expr.FUNCTIONS`, template filters and tests `matrixlang.runtime.templates`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from matrixlang.runtime.names import (  # noqa: F401 - re-exported for the checker and compiler
+    AGENT_DEFAULTS,
+    AGENT_FIELDS,
+    AUTOSCALE_DEFAULTS,
+    CONTEXT_NAMES,
+    LIMIT_DEFAULTS,
+    MODEL_DEFAULTS,
+    RESERVED_FIELDS,
+    RESERVED_NAMES,
+    RESERVED_OUTPUT_FIELDS,
+    SIM_DEFAULTS,
+    TOOL_DEFAULTS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +106,9 @@ LIMITS = {
     "retries": Key("int", 0, doc="retries of a failed service call"),
     "row_attempts": Key("int", 1, doc="times a row is run again after its agent died"),
 }
-LIMIT_DEFAULTS = {"max_steps": 40, "row_timeout_s": 600.0, "call_timeout_s": 120.0, "retries": 3,
-                  "row_attempts": 3}
-
-TOOL_DEFAULTS = {"timeout_s": 10.0, "memory_bytes": 256 * 2**20, "network": False,
-                 "max_output_bytes": 64 * 2**10, "replicas": 1, "max_concurrency": 4}
-
-SIM_DEFAULTS = {"tokens": [16, 64], "ttft_s": 0.01, "per_token_s": 0.0005, "max_concurrency": 64,
-                "replicas": 1}
-
 TYPES = ("str", "int", "float", "bool", "json", "list")
 
-FUNCTIONS = {"len": 1, "lower": 1, "upper": 1, "strip": 1, "int": 1, "float": 1, "str": 1}
-CONTEXT_NAMES = ("row", "history", "last", "turns", "visits")
-RESERVED = frozenset(CONTEXT_NAMES)
+RESERVED = RESERVED_NAMES
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Sizes are binary, as in Docker and most memory limits: 1KB = 1024 B.

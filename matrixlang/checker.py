@@ -6,6 +6,7 @@ compiler turns into IR.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,12 +214,13 @@ def _agent(an: Analysis, a: n.Agent) -> dict[str, Any]:
 def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
     out: list[dict] = []
     seen: dict[str, n.Extract] = {}
-    builtin = ("text", "exit_code", "entry")
     for e in a.extracts:
         name = e.name.value
-        if name in builtin:
+        if name in cat.RESERVED_FIELDS:
+            *first, final = (f"`{f}`" for f in cat.RESERVED_FIELDS)
+            reserved = f"{', '.join(first)} and {final}"
             an.diags.error("E026", f"`{name}` is a reserved field name of every agent", e.name.span,
-                           "choose another name for the extract (`text`, `exit_code` and `entry` are reserved)")
+                           f"choose another name for the extract ({reserved} are reserved)")
             continue
         if name in seen:
             an.diags.error("E014", f"extract `{name}` is declared twice in agent `{a.name.value}`", e.name.span,
@@ -239,6 +241,10 @@ def _extracts(an: Analysis, a: n.Agent, kind: str) -> list[dict]:
         arg = v.args[0]
         if v.fn.value == "regex":
             ok = check_regex(an.diags, arg)
+            if ok and re.compile(arg.value, re.DOTALL).groups == 0:
+                an.diags.warning("W006", f"regex of extract `{name}` has no capture group: its value is the "
+                                 "whole match", arg.span, "put the part you want in a group, e.g. "
+                                 '`r"Answer: ([A-D])"`, or the whole pattern to keep the whole match')
             out.append({"name": name, "kind": "regex", "pattern": arg.value, "span": e.name.span, "ok": ok})
         else:
             path = [p for p in arg.value.split(".")]
@@ -268,8 +274,8 @@ def _output(an: Analysis, tc: TypeChecker) -> None:
     seen: dict[str, n.Setting] = {}
     for f in out.fields:
         k = f.key.value
-        if k == "_meta":
-            an.diags.error("E046", "`_meta` is written by the runtime and cannot be an output field", f.key.span,
+        if k in cat.RESERVED_OUTPUT_FIELDS:
+            an.diags.error("E046", f"`{k}` is written by the runtime and cannot be an output field", f.key.span,
                            "choose another name")
             continue
         if k in seen:

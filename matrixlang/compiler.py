@@ -72,6 +72,7 @@ def expr_ir(e: n.Expr) -> dict[str, Any]:
 # ---- blocks ---------------------------------------------------------------------------------
 
 def _model(m: dict[str, Any]) -> dict[str, Any]:
+    md = cat.MODEL_DEFAULTS
     params = {k: m[k] for k in cat.SAMPLING if k in m}
     sim = dict(cat.SIM_DEFAULTS)
     if "tokens" in m:
@@ -88,21 +89,23 @@ def _model(m: dict[str, Any]) -> dict[str, Any]:
         sim["replicas"] = m.get("replicas", sim["replicas"])
     autoscale = None
     if "min_replicas" in m or "max_replicas" in m:
-        lo = m.get("min_replicas", 1)
-        autoscale = {"min_replicas": lo, "max_replicas": m.get("max_replicas", max(lo, m.get("replicas", 1))),
-                     "target_ongoing_requests": m.get("target_ongoing_requests", 32)}
+        a = cat.AUTOSCALE_DEFAULTS
+        lo = m.get("min_replicas", a["min_replicas"])
+        autoscale = {"min_replicas": lo,
+                     "max_replicas": m.get("max_replicas", max(lo, m.get("replicas", md["replicas"]))),
+                     "target_ongoing_requests": m.get("target_ongoing_requests", a["target_ongoing_requests"])}
     url = m.get("url")
     return {
         "backend": m["backend"],
         "name": m.get("name"),
         "url": url,
         "api_key": m.get("api_key"),
-        "api": m.get("api", "chat"),
+        "api": m.get("api", md["api"]),
         "params": params,
-        "replicas": m.get("replicas", 1),
-        "max_concurrency": m.get("max_concurrency", 256),
-        "tensor_parallel": m.get("tensor_parallel", 1),
-        "pipeline_parallel": m.get("pipeline_parallel", 1),
+        "replicas": m.get("replicas", md["replicas"]),
+        "max_concurrency": m.get("max_concurrency", md["max_concurrency"]),
+        "tensor_parallel": m.get("tensor_parallel", md["tensor_parallel"]),
+        "pipeline_parallel": m.get("pipeline_parallel", md["pipeline_parallel"]),
         "autoscale": autoscale,
         "engine_args": {k: m[k] for k in cat.ENGINE_ARGS if k in m},
         "timeout_s": float(m["timeout"]) if "timeout" in m else None,
@@ -127,9 +130,11 @@ def _tool(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def _agent(name: str, a: dict[str, Any]) -> dict[str, Any]:
+    d = cat.AGENT_DEFAULTS
     llm = a["kind"] == "llm"
     extracts = [{k: v for k, v in e.items() if k not in ("span", "ok")} for e in a["extracts"]]
-    fields = ["text", *(e["name"] for e in extracts)] + ([] if llm else ["exit_code"])
+    text, exit_code = cat.AGENT_FIELDS
+    fields = [text, *(e["name"] for e in extracts)] + ([] if llm else [exit_code])
     return {
         "kind": a["kind"],
         "model": a.get("model") if llm else None,
@@ -137,13 +142,13 @@ def _agent(name: str, a: dict[str, Any]) -> dict[str, Any]:
         "system": a.get("system") if llm else None,
         "prompt": a.get("prompt") if llm else None,
         "input": a.get("input") if not llm else None,
-        "history": a.get("history", True) if llm else False,
+        "history": a.get("history", d["history"]) if llm else False,
         "params": a["params"],
         "extracts": extracts,
         "sim": a.get("sim") if llm else None,
         "fields": fields,
-        "replicas": a.get("replicas", 1),
-        "max_concurrency": a.get("max_concurrency", 1024),
+        "replicas": a.get("replicas", d["replicas"]),
+        "max_concurrency": a.get("max_concurrency", d["max_concurrency"]),
     }
 
 

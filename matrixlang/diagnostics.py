@@ -78,6 +78,7 @@ CODES: dict[str, str] = {
     "W003": "key has no effect for this backend",
     "W004": "model or tool never used",
     "W005": "comparison is always false",
+    "W006": "regex extract without a capture group",
 }
 
 

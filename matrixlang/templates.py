@@ -1,30 +1,38 @@
 """jinja2 templates in agents: parse them in the sandbox and find what they read.
 
+Templates are parsed with the runtime's own environment (`matrixlang.runtime.templates.ENV`), and the
+names, filters and tests they may use are the runtime's tables (`matrixlang.runtime.names`,
+`templates.FILTERS`, `templates.TESTS`): what the checker accepts is what the runtime renders.
 Diagnostics point into the `.mx` file through the string literal's offset map.
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import Environment, TemplateSyntaxError
 from jinja2 import nodes as jn
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from matrixlang.runtime import templates as rt
+from matrixlang.runtime.names import (
+    CONTEXT_NAMES,
+    ENTRY_FIELDS,
+    TEMPLATE_GLOBALS,
+    TEMPLATE_LOCALS,
+    TEMPLATE_REMOVED,
+)
 
 from . import nodes as n
-from .catalog import CONTEXT_NAMES
 from .diagnostics import Diagnostics, did_you_mean
 from .source import Span
 from .types import Scope
 
-JINJA_GLOBALS = ("range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "caller", "varargs", "kwargs")
+JINJA_GLOBALS = (*TEMPLATE_GLOBALS, *TEMPLATE_LOCALS)
 
 
-@lru_cache(maxsize=1)
-def environment() -> ImmutableSandboxedEnvironment:
-    """The environment templates are parsed with (the runtime renders with the same settings)."""
-    return ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+def environment() -> Environment:
+    """The environment templates are parsed with: the one the runtime renders them with."""
+    return rt.ENV
 
 
 def _locate(lit: n.Literal, lineno: int | None, needle: str | None, last: bool = False) -> Span:
@@ -88,7 +96,7 @@ def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str)
     loads, stored, attrs, calls = _walk(ast)
     unknown = False
     for node in calls:
-        table, what = (env.filters, "filter") if isinstance(node, jn.Filter) else (env.tests, "test")
+        table, what = (rt.FILTERS, "filter") if isinstance(node, jn.Filter) else (rt.TESTS, "test")
         if node.name not in table:
             unknown = True
             diags.error("E027", f"template `{where}` uses unknown {what} `{node.name}`",
@@ -102,7 +110,11 @@ def check_template(lit: n.Literal, scope: Scope, diags: Diagnostics, where: str)
     # part of checking a template) and never stricter: a name set anywhere counts as declared.
     undeclared = {node.name for node in loads} - stored
     for node in loads:
-        if node.name in undeclared and node.name not in known:
+        if node.name in undeclared and node.name in TEMPLATE_REMOVED:
+            diags.error("E040", f"template `{where}` reads unknown name `{node.name}`",
+                        _locate(lit, node.lineno, node.name), TEMPLATE_REMOVED[node.name])
+            undeclared.discard(node.name)
+        elif node.name in undeclared and node.name not in known:
             diags.error("E040", f"template `{where}` reads unknown name `{node.name}`",
                         _locate(lit, node.lineno, node.name),
                         did_you_mean(node.name, known - set(JINJA_GLOBALS))
@@ -149,6 +161,8 @@ def _walk(ast: jn.Template) -> tuple[list[jn.Name], set[str], list[jn.Getattr | 
             attrs.append(node)
         elif isinstance(node, (jn.Filter, jn.Test)):
             calls.append(node)
+        elif isinstance(node, jn.Macro):  # `{% macro m() %}` sets `m` (its name is not a Name node)
+            stored.add(node.name)
         stack.extend(reversed(list(node.iter_child_nodes())))
     return loads, stored, attrs, calls
 
@@ -174,7 +188,8 @@ def _check_field(lit: n.Literal, lineno: int, base: str, field: str, scope: Scop
     elif base == "visits" and field not in scope.agents and field not in scope.broken:
         diags.error("E040", f"template `{where}` reads `visits.{field}`, but no agent is named `{field}`",
                     _locate(lit, lineno, needle), did_you_mean(field, scope.agents))
-    elif base == "last" and field not in ("agent", "text"):
-        diags.error("E041", f"template `{where}` reads `last.{field}`; `last` has `agent` and `text`",
-                    _locate(lit, lineno, needle), did_you_mean(field, ["agent", "text"]))
+    elif base == "last" and field not in ENTRY_FIELDS:
+        diags.error("E041", f"template `{where}` reads `last.{field}`; `last` has "
+                    f"{' and '.join(f'`{f}`' for f in ENTRY_FIELDS)}",
+                    _locate(lit, lineno, needle), did_you_mean(field, ENTRY_FIELDS))
 

@@ -10,8 +10,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from matrixlang.runtime.expr import FUNCTIONS
+from matrixlang.runtime.names import CONTEXT_NAMES, ENTRY_FIELDS
+
 from . import nodes as n
-from .catalog import CONTEXT_NAMES, FUNCTIONS
 from .diagnostics import Diagnostics, did_you_mean
 
 
@@ -38,7 +40,7 @@ class Ty:
 
 STR, INT, FLOAT, BOOL, NULL, ANY = Ty("str"), Ty("int"), Ty("float"), Ty("bool"), Ty("null"), Ty("any")
 NUMERIC = ("int", "float")
-ENTRY = Ty("obj", fields=(("agent", STR), ("text", STR)), what="a history entry")
+ENTRY = Ty("obj", fields=tuple((f, STR) for f in ENTRY_FIELDS), what="a history entry")
 
 
 def list_of(t: Ty) -> Ty:
@@ -252,27 +254,39 @@ class TypeChecker:
         return ANY
 
     def _Call(self, e: n.Call) -> Ty:
-        fn = e.fn.value
-        if fn not in FUNCTIONS:
-            self.diags.error("E044", f"unknown function `{fn}`", e.fn.span,
-                             did_you_mean(fn, FUNCTIONS) or f"functions are {', '.join(FUNCTIONS)}")
+        name = e.fn.value
+        fn = FUNCTIONS.get(name)
+        if fn is None:
+            self.diags.error("E044", f"unknown function `{name}`", e.fn.span,
+                             did_you_mean(name, FUNCTIONS) or f"functions are {', '.join(FUNCTIONS)}")
             for a in e.args:
                 self.check(a)
             return ANY
-        if len(e.args) != FUNCTIONS[fn]:
-            self.diags.error("E044", f"`{fn}` takes {FUNCTIONS[fn]} argument, not {len(e.args)}", e.span)
+        if len(e.args) != fn.arity:
+            self.diags.error("E044", f"`{name}` takes {fn.arity} argument{'s' * (fn.arity != 1)}, "
+                             f"not {len(e.args)}", e.span)
             return ANY
-        t = self.check(e.args[0])
-        if fn == "len":
-            if t.kind not in ("str", "list", "any", "obj"):
-                self.diags.error("E043", f"`len` needs a string or a list, not {t}", e.args[0].span)
-            return INT.opt() if t.optional else INT
-        if fn in ("lower", "upper", "strip"):
-            if t.kind not in ("str", "any", "null"):
-                self.diags.error("E043", f"`{fn}` needs a string, not {t}", e.args[0].span)
-            return STR.opt() if t.optional else STR
-        return {"int": INT, "float": FLOAT, "str": STR}[fn].opt() if t.optional else \
-            {"int": INT, "float": FLOAT, "str": STR}[fn]
+        maybe_null = False
+        for arg, kinds in zip(e.args, fn.params, strict=True):
+            t = self.check(arg)
+            maybe_null = maybe_null or t.optional or t.kind == "null"
+            if t.kind not in (*kinds, "any", "null"):
+                self.diags.error("E043", f"`{name}` needs {_kinds_text(kinds)}, not {t}", arg.span)
+        res = _KIND_TYPES[fn.returns]
+        return res.opt() if maybe_null else res
+
+
+_KIND_TYPES = {"str": STR, "int": INT, "float": FLOAT, "bool": BOOL}
+_KIND_WORDS = {"str": "a string", "int": "an int", "float": "a float", "bool": "a boolean", "list": "a list",
+               "obj": "an object"}
+
+
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    """`("int", "float", "str")` → "a number or a string"."""
+    words = [_KIND_WORDS[k] for k in kinds if not ({"int", "float"} <= set(kinds) and k in NUMERIC)]
+    if {"int", "float"} <= set(kinds):
+        words.insert(0, "a number")
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _is_null(e: n.Expr) -> bool:

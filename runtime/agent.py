@@ -36,6 +36,7 @@ import ray
 from .cluster import Handles, Topology, actor_info, tune_gc
 from .engine import AgentSpec, Engine, LLMCall, Reply, StepError
 from .message import Message
+from .names import CALL_TIMEOUT_S, OFFLOAD_THRESHOLD, RETRIES
 from .sink import encode_line, item_key, row_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Held, Outbox, pick_two, spawn, unpack
@@ -49,12 +50,12 @@ class AgentConfig:
     topo: Topology
     seed: int = 0
     backend: str | None = None
-    offload_threshold: int = 65536
+    offload_threshold: int = OFFLOAD_THRESHOLD
     coalesce: bool = True
     window_s: float = 0.002
     measure_bytes: bool = False
-    call_retries: int = 3
-    call_timeout_s: float = 120.0
+    call_retries: int = RETRIES
+    call_timeout_s: float = CALL_TIMEOUT_S
     openai: dict = field(default_factory=dict)   # model → openai_client.OpenAIModel (resolved by the driver)
     vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 

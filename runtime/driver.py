@@ -30,6 +30,7 @@ from .agent import output_line
 from .cluster import Handles, Topology
 from .engine import Engine
 from .message import Message
+from .names import MAX_IN_FLIGHT, ROW_ATTEMPTS
 from .sink import item_key, row_key
 from .transport import Held, Outbox, pick_two
 
@@ -38,12 +39,12 @@ from .transport import Held, Outbox, pick_two
 class DriverConfig:
     """Scheduling and recovery settings of one run."""
 
-    max_in_flight: int = 256
+    max_in_flight: int = MAX_IN_FLIGHT
     schedule: str = "row"              # "row" | "batch"
     limit: int | None = None
     coalesce: bool = True
     window_s: float = 0.002
-    row_attempts: int = 3
+    row_attempts: int = ROW_ATTEMPTS
     ping_s: float = 0.5                # liveness pings of every actor
     idle_scan_s: float = 5.0           # no completion for this long: look for lost rows
     done_ids: set = field(default_factory=set)   # already in the output (--resume)

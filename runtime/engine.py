@@ -27,10 +27,10 @@ from .expr import Compiled, ExprError, compile_expr, reads
 from .extract import Extractor
 from .ir import load_ir
 from .message import ERROR, FAILED, OK, RUNNING, Message
+from .names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .rows import BadRow, RowValidator
 from .templates import LazyRandom, MissingText, RenderError, Template, compile_template
 
-BASE_NAMES = ("row", "history", "last", "turns", "visits")
 NEEDS = ("none", "last", "all")
 
 
@@ -224,7 +224,7 @@ class Engine:
         self.limits: dict = ir["limits"]
         self.max_steps: int = ir["limits"]["max_steps"]
         self.row_timeout_s: float = ir["limits"]["row_timeout_s"]
-        self.names = frozenset(BASE_NAMES) | frozenset(ir["agents"])
+        self.names = frozenset(CONTEXT_NAMES) | frozenset(ir["agents"])
         self._rows = RowValidator(ir["input_schema"])
         self.agents: dict[str, AgentSpec] = {n: self._compile_agent(n, a) for n, a in ir["agents"].items()}
         self.start: list[Transition] = self._compile_transitions("start")
@@ -261,9 +261,9 @@ class Engine:
         return AgentSpec(
             name=name, kind=a["kind"], model=a.get("model"), tool=a.get("tool"),
             system=tmpl("system"), prompt=tmpl("prompt"), input=tmpl("input"), sim=tmpl("sim"),
-            history=bool(a.get("history", True)), params=params, extractor=extractor, fields=fields,
-            is_sim=is_sim, sim_tokens=lo_hi, replicas=a.get("replicas", 1),
-            max_concurrency=a.get("max_concurrency", 1024), transitions=[],
+            history=bool(a.get("history", AGENT_DEFAULTS["history"])), params=params, extractor=extractor, fields=fields,
+            is_sim=is_sim, sim_tokens=lo_hi, replicas=a.get("replicas", AGENT_DEFAULTS["replicas"]),
+            max_concurrency=a.get("max_concurrency", AGENT_DEFAULTS["max_concurrency"]), transitions=[],
         )
 
     def _compile_transitions(self, state: str) -> list[Transition]:

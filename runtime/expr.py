@@ -14,9 +14,11 @@ import math
 import operator
 import re
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .ir import IRError
+from .names import KINDS
 
 
 class ExprError(Exception):
@@ -29,7 +31,6 @@ class Scope(Protocol):
 
 Compiled = Callable[[Scope], Any]
 BINARY_OPS = ("==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "in", "not_in", "contains", "matches")
-FUNCTIONS = ("len", "lower", "upper", "strip", "int", "float", "str")
 
 
 def type_name(v: Any) -> str:
@@ -156,24 +157,49 @@ def to_str(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False)
 
 
-def _fn_len(v: Any) -> int:
-    if isinstance(v, (str, list, dict)):
-        return len(v)
-    raise ExprError(f"len() of {type_name(v)}")
+def kind_of(v: Any) -> str | None:
+    """The language's kind of a value (`names.KINDS`), None for null."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    return "obj" if isinstance(v, dict) else type(v).__name__
 
 
-def _str_method(name: str) -> Callable[[Any], str]:
-    def fn(v: Any) -> str:
-        if not isinstance(v, str):
-            raise ExprError(f"{name}() of {type_name(v)}")
-        return getattr(v, name)()
+@dataclass(frozen=True, slots=True)
+class Function:
+    """One function of the language: its implementation and its signature, which the checker reads
+    (matrixlang/types.py). `params`: per parameter, the kinds of value it accepts (a null argument
+    always gives null); `returns`: the kind of the result. `impl` is called only with accepted kinds."""
 
-    return fn
+    name: str
+    impl: Callable[..., Any]
+    params: tuple[tuple[str, ...], ...]
+    returns: str
+    doc: str
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    def __call__(self, *args: Any) -> Any:
+        if any(a is None for a in args):
+            return None
+        for a, kinds in zip(args, self.params, strict=True):
+            if kind_of(a) not in kinds:
+                raise ExprError(f"{self.name}() of {type_name(a)}")
+        return self.impl(*args)
 
 
-def _fn_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ExprError(f"int() of {type_name(v)}")
+def _fn_int(v: int | float | str) -> int:
     if isinstance(v, int):
         return v
     if isinstance(v, str):
@@ -190,24 +216,25 @@ def _fn_int(v: Any) -> int:
         raise ExprError(f"int() of {v!r}") from None
 
 
-def _fn_float(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ExprError(f"float() of {type_name(v)}")
+def _fn_float(v: int | float | str) -> float:
     try:
         return float(v)
     except (ValueError, OverflowError):
         raise ExprError(f"float() of {v!r}") from None
 
 
-_FUNCTIONS: dict[str, Callable[[Any], Any]] = {
-    "len": _fn_len,
-    "lower": _str_method("lower"),
-    "upper": _str_method("upper"),
-    "strip": _str_method("strip"),
-    "int": _fn_int,
-    "float": _fn_float,
-    "str": to_str,
-}
+_NUMERIC_OR_STR = ("int", "float", "str")
+FUNCTIONS: dict[str, Function] = {f.name: f for f in (
+    Function("len", len, (("str", "list", "obj"),), "int", "length of a string, list or object"),
+    Function("lower", str.lower, (("str",),), "str", "a string in lower case"),
+    Function("upper", str.upper, (("str",),), "str", "a string in upper case"),
+    Function("strip", str.strip, (("str",),), "str", "a string without leading and trailing whitespace"),
+    Function("int", _fn_int, (_NUMERIC_OR_STR,), "int",
+             'a number or numeric string as an integer, truncated (`int("3.0")` is 3)'),
+    Function("float", _fn_float, (_NUMERIC_OR_STR,), "float", "a number or numeric string as a float"),
+    Function("str", to_str, (KINDS,), "str", "a value as a string: JSON spelling for booleans, lists, objects"),
+)}
+"""Every function guards and output fields may call; the checker's table too."""
 
 
 def get_attr(obj: Any, name: str) -> Any:
@@ -346,17 +373,17 @@ def _compile_matches(node: dict, names: Collection[str] | None) -> Compiled:
 
 def _compile_call(node: dict, names: Collection[str] | None) -> Compiled:
     fname = node["fn"]
-    if fname not in _FUNCTIONS:
+    fn = FUNCTIONS.get(fname)
+    if fn is None:
         raise IRError(f"unknown function {fname!r}; known: {', '.join(FUNCTIONS)}")
-    if len(node["args"]) != 1:
-        raise IRError(f"{fname}() takes exactly one argument, got {len(node['args'])}")
-    fn, arg = _FUNCTIONS[fname], compile_expr(node["args"][0], names)
-
-    def call(s: Scope) -> Any:
-        v = arg(s)
-        return None if v is None else fn(v)
-
-    return call
+    if len(node["args"]) != fn.arity:
+        count = "one argument" if fn.arity == 1 else f"{fn.arity} arguments"
+        raise IRError(f"{fname}() takes exactly {count}, got {len(node['args'])}")
+    if fn.arity == 1:
+        arg = compile_expr(node["args"][0], names)
+        return lambda s: fn(arg(s))
+    args = [compile_expr(a, names) for a in node["args"]]
+    return lambda s: fn(*(a(s) for a in args))
 
 
 def reads(node: Any) -> set[tuple[str, str | None]]:

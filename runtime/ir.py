@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .names import FINAL_STATES, RESERVED_FIELDS
+
 SUPPORTED_MAJOR = 1
 TOP_LEVEL_KEYS = (
     "ir_version", "workflow", "input_schema", "models", "tools", "agents", "states", "limits", "output",
 )
-FINAL_TARGETS = ("end", "fail")
-RESERVED_FIELDS = ("text", "exit_code", "entry")  # agent fields and the message's values[AGENT]["entry"]
+FINAL_TARGETS = FINAL_STATES
 
 
 class IRError(ValueError):

@@ -39,6 +39,7 @@ import aiohttp
 
 from .endpoints import Endpoint, EndpointPool, display_url
 from .engine import LLMCall, Reply
+from .names import CALL_TIMEOUT_S, RETRIES
 
 log = logging.getLogger("matrixlang.runtime.openai")
 
@@ -105,8 +106,8 @@ class OpenAIModel:
     params: dict = field(default_factory=dict)
     api_key: Secret | None = None
     api_key_env: str | None = None         # read in the calling process when api_key is None
-    timeout_s: float = 120.0
-    retries: int = 3
+    timeout_s: float = CALL_TIMEOUT_S
+    retries: int = RETRIES
     sim_hints: bool = False                # send "mx_sim" (every endpoint is an mxc sim-server)
     api: str = "chat"                      # "chat": POST /chat/completions; "completions": POST /completions
     backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
@@ -177,8 +178,8 @@ def resolve_model(name: str, m: dict, limits: dict, environ: Mapping[str, str] =
     return OpenAIModel(
         model=name, name=m.get("name"), urls=resolve_urls(m.get("url"), environ, name),
         params=dict(m.get("params") or {}), api_key=key, api_key_env=key_env, api=m.get("api") or "chat",
-        timeout_s=float(timeout if timeout is not None else limits.get("call_timeout_s", 120.0)),
-        retries=int(retries if retries is not None else limits.get("retries", 3)))
+        timeout_s=float(timeout if timeout is not None else limits.get("call_timeout_s", CALL_TIMEOUT_S)),
+        retries=int(retries if retries is not None else limits.get("retries", RETRIES)))
 
 
 def resolve_models(ir: dict, environ: Mapping[str, str] = os.environ, *, probe: bool = True,

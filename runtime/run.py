@@ -26,6 +26,7 @@ from .cluster import Topology, connect, this_node_id
 from .driver import Driver, DriverConfig
 from .engine import Engine
 from .ir import IRError, load_ir
+from .names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS
 from .progress import RunProgress, count_rows, percentile, print_summary
 from .simservice import SimService
 from .sink import Sink
@@ -52,7 +53,7 @@ class RunOptions:
     input: str
     output: str
     backend: str | None = None            # "sim": every model is simulated
-    max_in_flight: int = 256
+    max_in_flight: int = MAX_IN_FLIGHT
     schedule: str = "row"                 # "row" | "batch"
     orchestrator: str = "p2p"             # "p2p" | "central"
     seed: int = 0
@@ -60,7 +61,7 @@ class RunOptions:
     overwrite: bool = False
     summary: str | None = None            # write the summary JSON here
     limit: int | None = None
-    offload_threshold: int = 65536        # bytes; a negative value disables offloading (bench/offload_crossover.py)
+    offload_threshold: int = OFFLOAD_THRESHOLD  # bytes; a negative value disables offloading (bench/offload_crossover.py)
     address: str | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     progress: str = "auto"                # "auto" | "bar" | "plain" | "off"
@@ -101,7 +102,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
         done_ids = set(done)
         cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
                            coalesce=opts.coalesce, window_s=opts.window_s,
-                           row_attempts=int(engine.limits.get("row_attempts", 3)),
+                           row_attempts=int(engine.limits.get("row_attempts", ROW_ATTEMPTS)),
                            idle_scan_s=opts.idle_scan_s, done_ids=done_ids)
         driver = Driver(engine, topo, opts.input, cfg)
         with RunProgress(total, opts.progress) as prog:
@@ -221,8 +222,8 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
     cfg = AgentConfig(ir=engine.ir, openai=openai, vllm=vllm, topo=topo, seed=opts.seed, backend=opts.backend,
                       offload_threshold=opts.offload_threshold, coalesce=opts.coalesce, window_s=opts.window_s,
                       measure_bytes=opts.measure_bytes,
-                      call_retries=int(engine.limits.get("retries", 3)),
-                      call_timeout_s=float(engine.limits.get("call_timeout_s", 120.0)))
+                      call_retries=int(engine.limits.get("retries", RETRIES)),
+                      call_timeout_s=float(engine.limits.get("call_timeout_s", CALL_TIMEOUT_S)))
     for roles, n in topo.hosts():
         for i in range(n):
             name = topo.agent(roles[0], i)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import seccomp
+from .names import TOOL_DEFAULTS
 
 MAX_PROCESSES = 64  # RLIMIT_NPROC: tasks (processes and threads) the snippet may have at once
 MAX_OPEN_FILES = 1024  # RLIMIT_NOFILE
@@ -54,12 +55,9 @@ UID_BASE = 0x78000000
 UID_SPAN = 1 << 24
 WORKDIR = "/work"
 SCRIPT = f"{WORKDIR}/main.py"
-DEFAULTS: dict[str, Any] = {  # docs/ir.md "Tools"
-    "timeout_s": 10.0,
-    "memory_bytes": 256 * 1024 * 1024,
-    "cpu_s": 10.0,
-    "network": False,
-    "max_output_bytes": 65536,
+DEFAULTS: dict[str, Any] = {  # docs/ir.md "Tools"; cpu_s defaults to timeout_s
+    **{k: TOOL_DEFAULTS[k] for k in ("timeout_s", "memory_bytes", "network", "max_output_bytes")},
+    "cpu_s": TOOL_DEFAULTS["timeout_s"],
 }
 _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",

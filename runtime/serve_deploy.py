@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import LLMCall, Reply
+from .names import CALL_TIMEOUT_S, MODEL_DEFAULTS, RETRIES
 
 DEPLOYMENT = "VLLMServer"
 HEALTH_CHECK_PERIOD_S = 10.0
@@ -82,7 +83,7 @@ def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
                               **(m.get("engine_args") or {}), **(engine_args or {})}
     opts: dict[str, Any] = {
         "name": DEPLOYMENT,
-        "max_ongoing_requests": int(m.get("max_concurrency") or 256),
+        "max_ongoing_requests": int(m.get("max_concurrency") or MODEL_DEFAULTS["max_concurrency"]),
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
         "graceful_shutdown_timeout_s": 30.0,
@@ -96,7 +97,7 @@ def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
             "initial_replicas": max(lo, min(int(m.get("replicas") or lo), hi)),
             "target_ongoing_requests": float(auto["target_ongoing_requests"])}
     else:
-        opts["num_replicas"] = int(m.get("replicas") or 1)
+        opts["num_replicas"] = int(m.get("replicas") or MODEL_DEFAULTS["replicas"])
     c = max(1, int(cpus_per_worker))
     if workers == 1:
         opts["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": c}
@@ -284,8 +285,8 @@ class VLLMModel:
 
     model: str                     # the IR's models key
     app: str                       # its Serve application
-    timeout_s: float = 120.0
-    retries: int = 3
+    timeout_s: float = CALL_TIMEOUT_S
+    retries: int = RETRIES
     backoff_s: float = 0.25
     max_backoff_s: float = 8.0
 
@@ -299,8 +300,8 @@ def resolve_models(ir: dict, models: list[str] | None = None, *, check: bool = T
         spec = ir["models"][m]
         t, r = spec.get("timeout_s"), spec.get("retries")
         out[m] = VLLMModel(m, app_name(ir, m),
-                           timeout_s=float(t if t is not None else limits.get("call_timeout_s", 120.0)),
-                           retries=int(r if r is not None else limits.get("retries", 3)))
+                           timeout_s=float(t if t is not None else limits.get("call_timeout_s", CALL_TIMEOUT_S)),
+                           retries=int(r if r is not None else limits.get("retries", RETRIES)))
     if check and out:
         bad = [s for s in status(ir) if s["model"] in out and s["status"] != "RUNNING"]
         if bad:

@@ -5,7 +5,12 @@ Rendering rules beyond plain jinja2 (all in an ImmutableSandboxedEnvironment, de
   not the dict method); other objects go through the sandbox's checked attribute lookup.
 - `{{ x }}` with x null renders as the empty string (not Python's "None").
 - the `random` filter draws from a per-step `random.Random(seed)` (deterministic across processes),
-  never from the global generator; the `lipsum` global, which uses the global generator, is removed.
+  never from the global generator; the globals are exactly `names.TEMPLATE_GLOBALS` (`lipsum`, which
+  uses the global generator, is removed).
+- whitespace is kept as written, a trailing newline included (`names.TEMPLATE_SETTINGS`).
+
+`ENV` is the table of template names: the checker parses templates with it and takes the filters
+and tests it accepts from `FILTERS` and `TESTS` (matrixlang/templates.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .ir import IRError
+from .names import TEMPLATE_GLOBALS, TEMPLATE_SETTINGS
 
 
 class MissingText(RuntimeError):
@@ -73,10 +79,14 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
-ENV = _Env(autoescape=False, finalize=_finalize, undefined=Undefined)
+ENV = _Env(**TEMPLATE_SETTINGS, finalize=_finalize, undefined=Undefined)
 ENV.filters["random"] = _random_filter
-ENV.globals.pop("lipsum", None)
+ENV.globals = {k: ENV.globals[k] for k in TEMPLATE_GLOBALS}
 _GLOBALS = dict(ENV.globals)
+FILTERS = frozenset(ENV.filters)
+"""Every filter a template may apply (`x | name`)."""
+TESTS = frozenset(ENV.tests)
+"""Every test a template may apply (`x is name`)."""
 
 
 class Template:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from matrixlang.runtime.names import MAX_IN_FLIGHT, OFFLOAD_THRESHOLD
+
 EPILOG = """examples:
   mxc run workflows/coral.mx --input workflows/data/coral.jsonl --output out.jsonl --backend sim
   mxc run coral.json --input rows.jsonl --output out.jsonl --resume --summary s.json
@@ -27,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--input", "-i", required=True, metavar="IN.jsonl", help="input rows (JSON Lines; - for stdin)")
     p.add_argument("--output", "-o", required=True, metavar="OUT.jsonl", help="output rows (JSON Lines)")
     p.add_argument("--backend", choices=["sim"], help="replace every model by the built-in simulator")
-    p.add_argument("--max-in-flight", type=int, default=256, metavar="N", help="rows in the system at once (256)")
+    p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, metavar="N",
+                   help=f"rows in the system at once ({MAX_IN_FLIGHT})")
     p.add_argument("--colocate", choices=["auto", "all", "none"], default="auto",
                    help="run every agent role in the same actors, handing a row from agent to agent in place "
                         "(auto: when every model is an openai/vllm service and the roles have equal replicas)")
@@ -40,9 +43,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--summary", metavar="S.json", help="write the run summary as JSON")
     p.add_argument("--limit", type=int, metavar="N", help="run only the first N input rows")
-    p.add_argument("--offload-threshold", type=int, default=65536, metavar="BYTES",
+    p.add_argument("--offload-threshold", type=int, default=OFFLOAD_THRESHOLD, metavar="BYTES",
                    help="history texts larger than this go to Ray's object store when a row moves between "
-                        "actors (65536; -1: never)")
+                        f"actors ({OFFLOAD_THRESHOLD}; -1: never)")
     p.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--replicas", action="append", default=[], metavar="AGENT=N",
                    help="actors for an agent role, overriding the program (repeatable)")

@@ -155,11 +155,11 @@ def finish(ir: dict) -> dict:
 CORAL_TEACHER_SYSTEM = (
     "Solve the question with your partner. Question: {{ row.question }}\n"
     'Choices: {% for c in row.choices %}{{ "ABCDEFGHIJ"[loop.index0] }}) {{ c }} {% endfor %}\n'
-    'End every message with "Answer: <letter>".\n'
+    'End every message with "Answer: <letter>".'
 )
 CORAL_STUDENT_SYSTEM = (
     "Discuss the question with your partner and say whether you agree. Question: {{ row.question }}\n"
-    'End every message with "Answer: <letter>".\n'
+    'End every message with "Answer: <letter>".'
 )
 
 
@@ -272,7 +272,7 @@ def coder() -> dict:
             "coder": llm_agent(
                 "llm", system="Write Python that solves the task. Reply with one ```python block.",
                 prompt=("Task: {{ row.task }}\n{% if runner.text %}Your last attempt failed:\n"
-                        "{{ runner.text[-2000:] }}{% endif %}\n"),
+                        "{{ runner.text[-2000:] }}{% endif %}"),
                 extracts=[regex("code", r"```python\n(.*?)```")],
                 sim="```python\ndef f(x):\n    return x{{ [' + 1', ' * 2'] | random }}\n```"),
             "runner": tool_agent("sandbox", input="{{ coder.code }}\n\n{{ row.tests }}\nprint('ALL TESTS PASSED')",
