@@ -184,10 +184,13 @@ class Driver:
         self._send(msg)
         return True
 
-    def _send(self, msg: Message) -> None:
-        """Send a new (or re-admitted) message: finished ones straight to the sink."""
+    def _send(self, msg: Message, *, hold: bool = True) -> None:
+        """Send a new (or re-admitted) message: finished ones straight to the sink. The driver holds
+        the row until the receiver acknowledges it (one hold per send; a resend keeps the failed
+        send's hold instead of taking another)."""
         key = row_key(msg.id)
-        self.held[key] += 1
+        if hold:
+            self.held[key] += 1
         if msg.finished:
             self.outbox.send(("out",), self.handles.get(self.topo.sink), output_line(self.engine, msg, []))
         elif self.topo.central:
@@ -217,11 +220,15 @@ class Driver:
             self.held.release(item_key(item))
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
+        """A send failed (the receiver died): resend each row still in flight under the hold the
+        failed send took; release the hold of a row that completed meanwhile."""
         def resend() -> None:
             for item in batch:
                 key = item_key(item)
                 if key in self.inflight:
-                    self._send(self.inflight[key])
+                    self._send(self.inflight[key], hold=False)
+                else:
+                    self.held.release(key)
 
         asyncio.get_running_loop().call_later(0.2, resend)
 
