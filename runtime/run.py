@@ -159,9 +159,19 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create the output directory {str(p.parent)!r}: {e.strerror}") from e
+    if opts.input != "-" and p.exists() and _same_file(opts.input, path):
+        raise RunError(f"output {path!r} is the input file: write the output to another file")
     if p.exists() and p.stat().st_size > 0 and not (opts.resume or opts.overwrite):
         raise RunError(f"output {path!r} exists: pass --resume to skip the rows already in it, "
                        f"or --overwrite to replace it")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (the same path, a symbolic or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _topology(engine: Engine, opts: RunOptions) -> Topology:

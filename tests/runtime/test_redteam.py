@@ -7,11 +7,16 @@ traceback, and API keys never leave where they belong.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 
 import ir_fixtures as F
+import pytest
 from matrixlang.runtime.cluster import Topology
 from matrixlang.runtime.driver import Driver, DriverConfig
 from matrixlang.runtime.engine import Engine
+
+from matrixlang.cli import main
 
 # ---- break 7: the driver's hold leak -------------------------------------------------------------
 
@@ -64,3 +69,27 @@ def test_break7_a_resent_row_holds_once_and_is_readmitted_when_lost(tmp_path):
     assert agent.deliver.calls == 2
     assert held == {}, "the driver still holds a row every actor has acknowledged"
     assert candidates == {0}, "a row no one holds must be a candidate for re-admission"
+
+
+# ---- break 5: the output is the input ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_break5_output_that_is_the_input_is_refused_and_the_input_kept(capsys, tmp_path, how, flag):
+    """`-o` naming the input file (by its path, a symbolic link or a hard link) with --overwrite emptied
+    the input and exited 0 with 0 rows; with --resume the run appended to the file it was reading."""
+    ir = tmp_path / "loop.json"
+    ir.write_text(json.dumps(F.loop()))
+    inp = tmp_path / "in.jsonl"
+    text = "".join(json.dumps({"n": i}) + "\n" for i in range(3))
+    inp.write_text(text)
+    out = {"same": inp, "symlink": tmp_path / "link.jsonl", "hardlink": tmp_path / "hard.jsonl"}[how]
+    if how == "symlink":
+        out.symlink_to(inp)
+    elif how == "hardlink":
+        os.link(inp, out)
+    code = main(["run", str(ir), "-i", str(inp), "-o", str(out), "--backend", "sim", flag])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the input file" in err
+    assert inp.read_text() == text
