@@ -36,7 +36,7 @@ import ray
 from .cluster import Handles, Topology, actor_info, tune_gc
 from .engine import AgentSpec, Engine, LLMCall, Reply, StepError
 from .message import Message
-from .sink import encode_line, item_key, row_key
+from .sink import encode_line, item_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Held, Outbox, pick_two, spawn, unpack
 
@@ -67,7 +67,7 @@ def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, bytes, d
             "prompt_tokens": sum(x["prompt_tokens"] for x in u),
             "completion_tokens": sum(x["completion_tokens"] for x in u),
             "finished": msg.timing.get("finished")}
-    return row_key(msg.id), line, info
+    return msg.key, line, info
 
 
 def message_bytes(msg: Message) -> int:
@@ -142,7 +142,7 @@ class AgentActor:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         batch = unpack(batch)
         for msg in batch:
-            self.held[row_key(msg.id)] += 1
+            self.held[msg.key] += 1
             spawn(self._run(msg), self._tasks)
         return len(self.held)
 
@@ -158,7 +158,7 @@ class AgentActor:
 
     # -- one step --------------------------------------------------------------------------------
     async def _run(self, msg: Message) -> None:
-        key = row_key(msg.id)
+        key = msg.key
         try:
             async with self.roles[msg.state].sem:
                 routed = await self._step(msg)
@@ -173,7 +173,7 @@ class AgentActor:
         role = self.roles[msg.state]
         try:
             texts = await fetch_texts(msg.history, eng.history_need(msg.state), self.cache,
-                                      functools.partial(self._texts_of, row_key(msg.id)))
+                                      functools.partial(self._texts_of, msg.key))
         except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
             self.dropped += 1      # its offloaded texts are gone (the sink restarted): re-run it
             return False
@@ -185,7 +185,7 @@ class AgentActor:
             return await self._finish(msg, texts)
         t0 = time.perf_counter()
         if isinstance(call, LLMCall) and (call.model in self.cfg.openai or call.model in self.cfg.vllm):
-            reply, err = await self._call_openai(call, row_key(msg.id))
+            reply, err = await self._call_openai(call, msg.key)
             if reply is None:
                 eng.fail(msg, "error", "model_error", err, time.time())
                 return await self._finish(msg, texts)
@@ -227,7 +227,7 @@ class AgentActor:
             key = text_key(text)
             self.cache.put(key, text)         # this agent will not need to fetch it back
             if i < len(hist) - 1 or not keep_newest:
-                self.outbox.send(("offload",), self._sink(), (row_key(msg.id), key, text), method="offload")
+                self.outbox.send(("offload",), self._sink(), (msg.key, key, text), method="offload")
                 hist[i] = offloaded_entry(hist[i]["agent"], text, size, key)
 
     def _remember_newest(self, msg: Message) -> None:
@@ -379,7 +379,7 @@ class AgentActor:
         if self.output_need != "none" and any("ref" in e for e in msg.history):
             try:
                 texts = await fetch_texts(msg.history, "all", self.cache,
-                                          functools.partial(self._texts_of, row_key(msg.id)))
+                                          functools.partial(self._texts_of, msg.key))
             except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
                 self.dropped += 1
                 return False
@@ -409,7 +409,7 @@ class AgentActor:
                 self._reroutes.pop(id(item), None)
         if kind == "agent":
             for msg in batch:
-                self.held.release(row_key(msg.id))
+                self.held.release(msg.key)
         elif kind == "out":
             for key, _, _ in batch:
                 self.held.release(key)

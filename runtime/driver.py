@@ -30,7 +30,7 @@ from .agent import output_line
 from .cluster import Handles, Topology
 from .engine import Engine
 from .message import Message
-from .sink import item_key, row_key
+from .sink import item_key
 from .transport import Held, Outbox, pick_two
 
 
@@ -102,7 +102,7 @@ class Driver:
         self.rows = read_rows(input_path, cfg.limit)
         self.on_progress = on_progress
         self.inflight: dict[Hashable, Message] = {}
-        self.seen: set[Hashable] = set()
+        self.seen: dict[Hashable, int] = {}      # row key -> input position of its first row
         self.held = Held()
         self.exhausted = False
         self.res = DriverResult()
@@ -169,14 +169,17 @@ class Driver:
         now = time.time()
         self.res.input_rows += 1
         msg = self.engine.new_message(line, pos, now)
-        key = row_key(msg.id)
+        key = msg.key
+        first = self.seen.get(key)
+        if first is None:
+            self.seen[key] = pos
+        else:                                # its id repeats an earlier row's: written as failed
+            self.engine.duplicate(msg, first, now)
+            key = msg.key
+            self.res.duplicate_ids += 1
         if key in self.cfg.done_ids:
             self.res.skipped_done += 1
             return False
-        if key in self.seen:
-            self.res.duplicate_ids += 1
-            return False
-        self.seen.add(key)
         if self.res.first_admit is None:
             self.res.first_admit = now
         self.inflight[key] = msg
@@ -188,7 +191,7 @@ class Driver:
         """Send a new (or re-admitted) message: finished ones straight to the sink. The driver holds
         the row until the receiver acknowledges it (one hold per send; a resend keeps the failed
         send's hold instead of taking another)."""
-        key = row_key(msg.id)
+        key = msg.key
         if hold:
             self.held[key] += 1
         if msg.finished:

@@ -26,7 +26,7 @@ from typing import Any
 from .expr import Compiled, ExprError, compile_expr, reads
 from .extract import Extractor
 from .ir import load_ir
-from .message import ERROR, FAILED, OK, RUNNING, Message
+from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message
 from .rows import BadRow, RowValidator
 from .templates import LazyRandom, MissingText, RenderError, Template, compile_template
 
@@ -317,12 +317,23 @@ class Engine:
         except BadRow as e:
             if e.row is not None:
                 msg.row = e.row
-            msg.id = self._rows.row_id(msg.row, position)
+            self._set_id(msg, position)
             self._finish(msg, FAILED, "bad_input", str(e), now)
             return msg
-        msg.id = self._rows.row_id(msg.row, position)
+        self._set_id(msg, position)
         self._advance(msg, "start", self.start, (), now)
         return msg
+
+    def _set_id(self, msg: Message, position: int) -> None:
+        own = self._rows.own_id(msg.row)
+        msg.id, msg.id_from = (position, ID_POSITION) if own is None else (own, ID_FIELD)
+
+    def duplicate(self, msg: Message, first: int, now: float) -> None:
+        """Finish a new message whose own id repeats the row's at input position ``first``: failed,
+        reason ``duplicate_id``; it keeps its id and is keyed by its position."""
+        msg.id_from = ID_DUPLICATE
+        self._finish(msg, FAILED, "duplicate_id",
+                     f"id {msg.id!r} is also the id of the row at input position {first} (written there)", now)
 
     def prepare_call(self, msg: Message, texts: Sequence[str | None] = ()) -> LLMCall | ToolCall:
         """Render the current agent's templates and build its call. StepError(template_error) on failure."""
@@ -388,7 +399,7 @@ class Engine:
                 out[name] = None
         admitted, finished = msg.timing.get("admitted"), msg.timing.get("finished")
         out["_meta"] = {
-            "id": msg.id, "status": msg.status, "reason": msg.reason, "detail": msg.detail,
+            "id": msg.id, "position": msg.position, "id_from": msg.id_from, "status": msg.status, "reason": msg.reason, "detail": msg.detail,
             "steps": msg.steps, "attempt": msg.attempt,
             "usage": {k: dict(v) for k, v in msg.usage.items()},
             "timing": {"admitted": admitted, "finished": finished,

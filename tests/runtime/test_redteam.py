@@ -54,7 +54,7 @@ def test_break7_a_resent_row_holds_once_and_is_readmitted_when_lost(tmp_path):
 
     async def main():
         msg = engine.new_message(b'{"n": 1}', 0, 0.0)
-        driver.inflight[0] = msg
+        driver.inflight[msg.key] = msg
         driver._send(msg)
         for _ in range(100):
             await asyncio.sleep(0.05)
@@ -63,12 +63,12 @@ def test_break7_a_resent_row_holds_once_and_is_readmitted_when_lost(tmp_path):
         await driver.outbox.drain()
         held_after_ack = dict(driver.held)
         # the agent that took the row dies holding it: no live actor holds it any more
-        return held_after_ack, await driver._candidates()
+        return held_after_ack, await driver._candidates(), msg.key
 
-    held, candidates = asyncio.run(main())
+    held, candidates, key = asyncio.run(main())
     assert agent.deliver.calls == 2
     assert held == {}, "the driver still holds a row every actor has acknowledged"
-    assert candidates == {0}, "a row no one holds must be a candidate for re-admission"
+    assert candidates == {key}, "a row no one holds must be a candidate for re-admission"
 
 
 # ---- break 5: the output is the input ------------------------------------------------------------
@@ -93,3 +93,60 @@ def test_break5_output_that_is_the_input_is_refused_and_the_input_kept(capsys, t
     err = capsys.readouterr().err
     assert code == 2 and "is the input file" in err
     assert inp.read_text() == text
+
+
+# ---- break 3: valid rows dropped as duplicates ---------------------------------------------------
+
+
+def _ids_ir() -> dict:
+    """One step per row; the input has an optional integer `id`."""
+    ir = F.loop(max_steps=1)
+    ir["input_schema"] = F.input_schema({"id": F.optional(F.INT), "n": F.optional(F.INT)}, [])
+    ir["states"]["a"]["transitions"] = [F.tr("end")]
+    return F.finish(ir)
+
+
+ID_ROWS = [{"id": 1, "n": 0},      # own id 1
+           {"n": 1},               # no id: known by position 1, which is not the id 1
+           {"id": 1, "n": 2},      # repeats id 1: written as failed, duplicate_id
+           {"id": "x", "n": 3},    # an invalid id (bad_input): position 3
+           {"id": 3, "n": 4}]      # own id 3, not the position 3
+
+
+def _run_opts(inp, out, **kw):
+    from matrixlang.runtime.run import RunOptions
+
+    return RunOptions(input=str(inp), output=str(out), backend="sim", progress="off", print_summary=False, **kw)
+
+
+@pytest.mark.ray
+def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
+    """A row without an id got its position as id and collided with the row whose id is that number;
+    a repeated id was dropped with only a line in the summary. N input lines must give N output rows."""
+    from matrixlang.runtime.run import run
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in ID_ROWS))
+    summary = run(_ids_ir(), _run_opts(inp, out))
+    rows = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["n"])
+    assert [r["n"] for r in rows] == [0, 1, 2, 3, 4]
+    got = [(r["_meta"]["id"], r["_meta"]["position"], r["_meta"]["id_from"], r["_meta"]["status"],
+            r["_meta"]["reason"]) for r in rows]
+    assert got == [(1, 0, "field", "ok", None), (1, 1, "position", "ok", None),
+                   (1, 2, "duplicate", "failed", "duplicate_id"), (3, 3, "position", "failed", "bad_input"),
+                   (3, 4, "field", "ok", None)]
+    assert "position 0" in rows[2]["_meta"]["detail"]
+    assert summary["rows"] == summary["input_rows"] == 5
+    assert summary["by_reason"] == {"failed/bad_input": 1, "failed/duplicate_id": 1}
+    assert summary["duplicate_ids"] == 1
+
+    # --resume knows each line by the same key: with the first id-1 row missing (a crash before its
+    # write) but its duplicate written, the resumed run writes exactly the missing row
+    lines = out.read_text().splitlines()
+    kept = [x for x in lines if json.loads(x)["n"] != 0]
+    out.write_text("".join(x + "\n" for x in kept))
+    again = run(_ids_ir(), _run_opts(inp, out, resume=True))
+    assert again["rows"] == 1 and again["skipped_done"] == 4
+    final = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["n"] for r in final) == [0, 1, 2, 3, 4]
+
