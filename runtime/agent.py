@@ -40,6 +40,8 @@ from .sink import encode_line, item_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Held, Outbox, pick_two, spawn, unpack
 
+_TIMEOUT = getattr(asyncio, "timeout", None)   # Python 3.11+: no task per step (else asyncio.wait_for)
+
 
 @dataclass(slots=True)
 class AgentConfig:
@@ -158,14 +160,51 @@ class AgentActor:
 
     # -- one step --------------------------------------------------------------------------------
     async def _run(self, msg: Message) -> None:
-        key = msg.key
+        key, state = msg.key, msg.state
         try:
-            async with self.roles[msg.state].sem:
-                routed = await self._step(msg)
+            if _TIMEOUT is not None:           # limits.row_timeout bounds the step in flight
+                cm = _TIMEOUT(self._time_left(msg))
+                try:
+                    async with cm, self.roles[state].sem:
+                        routed = await self._step(msg)
+                except TimeoutError:
+                    if not cm.expired():
+                        raise
+                    routed = await self._timed_out(msg, state)
+            else:
+                try:
+                    routed = await asyncio.wait_for(self._bounded_step(msg), self._time_left(msg))
+                except asyncio.TimeoutError:
+                    routed = await self._timed_out(msg, state)
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
         if not routed:
             self.held.release(key)
+
+    async def _bounded_step(self, msg: Message) -> bool:
+        async with self.roles[msg.state].sem:
+            return await self._step(msg)
+
+    def _time_left(self, msg: Message) -> float:
+        """Seconds left of the row's ``limits.row_timeout`` (measured from its admission)."""
+        admitted = msg.timing.get("admitted")
+        if admitted is None:
+            return self.engine.row_timeout_s
+        return max(0.0, admitted + self.engine.row_timeout_s - time.time())
+
+    async def _timed_out(self, msg: Message, state: str) -> bool:
+        """The row ran out of time in a step (waiting for its turn, a model, a tool or its texts):
+        written as failed, reason row_timeout (a row that had already finished keeps its outcome)."""
+        if not msg.finished:
+            now = time.time()
+            admitted = msg.timing.get("admitted") or now
+            self.engine.fail(msg, "failed", "row_timeout",
+                             f"row running for {now - admitted:.1f}s > limits.row_timeout_s = "
+                             f"{self.engine.row_timeout_s:g}; cut off in a step of {state}", now)
+        try:
+            return await self._finish(msg, [e.get("text") for e in msg.history])
+        except Exception as e:  # noqa: BLE001
+            return self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
 
     async def _step(self, msg: Message) -> bool:
         """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""

@@ -12,7 +12,10 @@ Semantics fixed here (docs/ir.md leaves them open):
   `sim_tokens` from the model's `sim.tokens` (clipped to the agent's `max_tokens`), then feeds the `sim`
   template's `random` filter; system/prompt/input templates draw from `Random(f"{seed_key}:{role}")`.
 - `max_steps` and `row_timeout` are checked after a step, only when the chosen transition leads to an
-  agent: a row that reaches `end` or `fail` keeps that outcome.
+  agent: a row that reaches `end` or `fail` keeps that outcome. (The agent actor also cuts off a step
+  in flight when the row's `row_timeout` runs out.)
+- Regex extracts and `matches` are bounded in time (extract.REGEX_TIMEOUT_S): a search over it fails
+  the row with `regex_timeout`.
 - A finished message has `state` "end" (status ok) or "fail" (failed/error).
 - A tool agent without an `input` template receives "".
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .expr import Compiled, ExprError, compile_expr, reads
-from .extract import Extractor
+from .extract import Extractor, RegexTimeout
 from .ir import load_ir
 from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message
 from .rows import BadRow, RowValidator
@@ -368,7 +371,20 @@ class Engine:
         name = spec.name
         entry = len(msg.history)
         msg.history.append({"agent": name, "text": reply.text})
-        vals = spec.extractor.run(reply.text)
+        try:
+            vals = spec.extractor.run(reply.text)
+        except RegexTimeout as e:
+            vals = dict.fromkeys(spec.extractor.names)
+            self._record(msg, spec, reply, entry, vals)
+            self._finish(msg, FAILED, "regex_timeout", f"{name} extract: {e}", now)
+            return
+        self._record(msg, spec, reply, entry, vals)
+        self._advance(msg, name, spec.transitions, texts, now)
+
+    @staticmethod
+    def _record(msg: Message, spec: AgentSpec, reply: Reply, entry: int, vals: dict) -> None:
+        """Count a done step: its values, visit, step and usage."""
+        name = spec.name
         vals["entry"] = entry
         vals["exit_code"] = reply.exit_code
         msg.values[name] = vals
@@ -380,7 +396,6 @@ class Engine:
         u["prompt_tokens"] += reply.prompt_tokens
         u["completion_tokens"] += reply.completion_tokens
         u["calls"] += 1
-        self._advance(msg, name, spec.transitions, texts, now)
 
     def fail(self, msg: Message, status: str, reason: str, detail: str, now: float) -> None:
         """Finish a message unsuccessfully (status "failed" or "error"), e.g. model_error after retries."""
@@ -395,7 +410,7 @@ class Engine:
         for name, fn, _ in self.outputs:
             try:
                 out[name] = _plain(fn(scope))
-            except ExprError:
+            except (ExprError, RegexTimeout):
                 out[name] = None
         admitted, finished = msg.timing.get("admitted"), msg.timing.get("finished")
         out["_meta"] = {
@@ -436,6 +451,9 @@ class Engine:
             if tr.when is not None:
                 try:
                     held = bool(tr.when(scope))
+                except RegexTimeout as e:
+                    self._finish(msg, FAILED, "regex_timeout", f"{state} -> {_target(tr)} when {tr.guard}: {e}", now)
+                    return
                 except ExprError as e:
                     self._finish(msg, FAILED, "guard_error", f"{state} -> {_target(tr)} when {tr.guard}: {e}", now)
                     return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 
 import ir_fixtures as F
 import pytest
@@ -149,4 +150,82 @@ def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
     assert again["rows"] == 1 and again["skipped_done"] == 4
     final = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(r["n"] for r in final) == [0, 1, 2, 3, 4]
+
+
+# ---- break 2: one row hangs the whole run ---------------------------------------------------------
+
+_HANG = r"""
+import json, sys, time
+sys.path.insert(0, "tests/runtime")
+import ir_fixtures as F
+from matrixlang.runtime.engine import Engine, Reply
+kind, pattern, text = sys.argv[1], sys.argv[2], sys.argv[3] * int(sys.argv[4]) + sys.argv[5]
+ir = F.loop(max_steps=3)
+if kind == "extract":
+    ir["agents"]["a"]["extracts"] = [F.regex("x", pattern)]
+    ir["agents"]["a"]["fields"] = ["x", "text"]
+else:
+    guard = {"op": "matches", "left": F.dot("a.text"), "right": F.lit(pattern)}
+    ir["states"]["a"]["transitions"] = [F.tr("end", guard, "a.text matches r'...'"), F.tr("a")]
+eng = Engine(F.finish(ir))
+msg = eng.new_message('{"n": 1}', 0, time.time())
+eng.prepare_call(msg, [])
+t0 = time.monotonic()
+eng.apply_reply(msg, Reply(text, 1, 1), [], time.time())
+print(json.dumps({"s": time.monotonic() - t0, "status": msg.status, "reason": msg.reason, "detail": msg.detail}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["extract", "guard"])
+@pytest.mark.parametrize(("pattern", "unit", "n", "tail", "reason"), [
+    (r"^(\w+\s?)*$", "a", 40, "!", None),                # the issue's: re backtracks for ever
+    (r"(x+x+)+y", "x", 3000, "", "regex_timeout"),       # the regex module too: its time bound ends it
+])
+def test_break2_a_backtracking_regex_is_bounded_in_time(kind, pattern, unit, n, tail, reason):
+    """An extract or a guard's `matches` on a reply that makes the regex backtrack blocked the agent's
+    event loop for ever (Python's re). Now each search is bounded (the regex module, same syntax)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        proc = subprocess.run([sys.executable, "-c", _HANG, kind, pattern, unit, str(n), tail], cwd=root,
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{kind} {pattern!r} did not end within 60 s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    if reason is None:
+        assert (got["status"], got["reason"]) == ("running", None)      # no match: on to the next step
+    else:
+        assert (got["status"], got["reason"]) == ("failed", reason)
+        assert "time bound" in got["detail"]
+
+
+def _slow_ir(row_timeout_s: float) -> dict:
+    """A sim model whose every reply takes 60 s; the row may run `row_timeout_s`."""
+    ir = F.loop(max_steps=5, row_timeout_s=row_timeout_s, sim_model=True)
+    ir["models"]["m"]["sim"] = F.sim_block([3, 3], ttft_s=60.0)
+    ir["limits"]["call_timeout_s"] = 300.0
+    ir["models"]["m"]["timeout_s"] = 300.0
+    return F.finish(ir)
+
+
+@pytest.mark.ray
+def test_break2_row_timeout_cuts_off_a_step_in_flight(ray_local, tmp_path):
+    """`row_timeout` was only checked between steps: a row waiting on a slow model ran for as long as
+    the model took. Now the step in flight is cut off when the row's time is up."""
+    import time
+
+    from matrixlang.runtime.run import run
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"n": 1}\n{"n": 2}\n')
+    t0 = time.monotonic()
+    summary = run(_slow_ir(2.0), _run_opts(inp, out))
+    took = time.monotonic() - t0
+    assert summary["by_reason"] == {"failed/row_timeout": 2}
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all("cut off" in r["_meta"]["detail"] for r in rows)
+    assert took < 45, f"the run took {took:.0f}s: the 60 s step was not cut off"
 
