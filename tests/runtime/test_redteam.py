@@ -7,6 +7,7 @@ traceback, and API keys never leave where they belong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -229,3 +230,114 @@ def test_break2_row_timeout_cuts_off_a_step_in_flight(ray_local, tmp_path):
     assert all("cut off" in r["_meta"]["detail"] for r in rows)
     assert took < 45, f"the run took {took:.0f}s: the 60 s step was not cut off"
 
+
+# ---- break 4: API key leaks -----------------------------------------------------------------------
+
+KEY = "sk-" + "Zq7" * 200          # a very long key
+
+
+@contextlib.asynccontextmanager
+async def _app(routes):
+    """An aiohttp server on 127.0.0.1 with ``routes`` [(method, path, handler)]; yields its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def test_break4_credentials_never_follow_a_redirect_to_another_origin():
+    """The `GET /models` probe (urllib) followed a 302 to another origin with `Authorization: Bearer`."""
+    from aiohttp import web
+    from matrixlang.runtime.openai_client import OpenAIClient, OpenAIModel, Secret, probe_owner
+
+    seen: list[tuple[str, str | None]] = []
+
+    async def record(request):
+        seen.append((request.path, request.headers.get("Authorization")))
+        if request.path.endswith("/models"):
+            return web.json_response({"data": [{"id": "m", "owned_by": "elsewhere"}]})
+        return web.json_response({"choices": [{"message": {"content": "hi"}}]})
+
+    async def main():
+        async with _app([("GET", "/v1/models", record), ("POST", "/v1/chat/completions", record)]) as other:
+            async def bounce(request):
+                seen.append(("home " + request.path, request.headers.get("Authorization")))
+                raise web.HTTPFound(other + request.path)
+
+            async with _app([("GET", "/v1/models", bounce), ("POST", "/v1/chat/completions", bounce)]) as home:
+                owner = await asyncio.to_thread(probe_owner, home + "/v1", Secret(KEY), 5.0)
+                c = OpenAIClient(OpenAIModel(model="m", name="m", urls=[home + "/v1"], api_key=Secret(KEY),
+                                             retries=0))
+                with contextlib.suppress(Exception):
+                    await c.chat([{"role": "user", "content": "x"}])
+                from matrixlang.runtime.openai_client import close_shared_session
+                await close_shared_session()
+                return owner
+
+    owner = asyncio.run(main())
+    assert owner == "elsewhere"                                   # the redirect was still followed
+    assert ("home /v1/models", f"Bearer {KEY}") in seen           # the key went to its own origin
+    leaked = [(p, a) for p, a in seen if not p.startswith("home") and a is not None]
+    assert leaked == [], "the key was sent to another origin"
+
+
+@pytest.mark.parametrize("case", ["cut_error", "long_prefix", "reply_200", "stream_error"])
+def test_break4_an_echoed_key_never_reaches_the_output(case):
+    """`_error_message` cut the body to 300 characters before scrubbing (a key prefix survived in
+    `_meta.detail`); an echoed prefix of a long key was not scrubbed; a key echoed in a 200 reply went
+    into the reply text (and so the output)."""
+    from aiohttp import web
+    from matrixlang.runtime.openai_client import (
+        ModelCallError,
+        OpenAIClient,
+        OpenAIModel,
+        Secret,
+        close_shared_session,
+    )
+
+    async def handler(request):
+        if case == "cut_error":      # the key starts at character 290 of the message
+            return web.json_response({"error": {"message": "x" * 290 + f"bad key {KEY}"}}, status=401)
+        if case == "long_prefix":    # the server echoes the first 40 characters of the key
+            return web.json_response({"error": {"message": f"invalid key {KEY[:40]}... (truncated)"}},
+                                     status=401)
+        if case == "stream_error":
+            body = 'data: {"error": {"message": "' + "y" * 295 + KEY + '"}}\n\n'
+            return web.Response(text=body, content_type="text/event-stream")
+        return web.json_response({"choices": [{"message": {"content": f"your key is {KEY[:64]} ok"}}]})
+
+    async def main():
+        async with _app([("POST", "/v1/chat/completions", handler)]) as home:
+            c = OpenAIClient(OpenAIModel(model="m", name="m", urls=[home + "/v1"], api_key=Secret(KEY),
+                                         retries=0))
+            try:
+                return (await c.chat([{"role": "user", "content": "x"}])).text, c
+            except ModelCallError as e:
+                return e.detail, c
+            finally:
+                await close_shared_session()
+
+    text, client = asyncio.run(main())
+    assert KEY[:8] not in text, text
+    assert KEY[:8] not in json.dumps(client.snapshot())
+    assert "**" in text                     # scrubbed (then cut to 300 characters)
+
+
+def test_break4_scrub():
+    from matrixlang.runtime.openai_client import scrub
+
+    assert scrub("a KEY-12345678-tail b", "KEY-12345678-tail") == "a *** b"
+    assert scrub("cut: KEY-1234", "KEY-12345678-tail") == "cut: ***"
+    assert scrub("KEY-123 is short", "KEY-12345678-tail") == "KEY-123 is short"      # under 8: kept
+    assert scrub("x KEY-12345678-tail KEY-12345678-t", "KEY-12345678-tail") == "x *** ***"
+    assert scrub("anything", None) == "anything" and scrub("", "k" * 20) == ""
