@@ -341,3 +341,64 @@ def test_break4_scrub():
     assert scrub("KEY-123 is short", "KEY-12345678-tail") == "KEY-123 is short"      # under 8: kept
     assert scrub("x KEY-12345678-tail KEY-12345678-t", "KEY-12345678-tail") == "x *** ***"
     assert scrub("anything", None) == "anything" and scrub("", "k" * 20) == ""
+
+
+# ---- break 6: internal errors of mxc run ----------------------------------------------------------
+
+
+def _mxc_run(capsys, ir: dict | str, tmp_path, *extra: str) -> tuple[int, str]:
+    f = tmp_path / "w.json"
+    f.write_text(ir if isinstance(ir, str) else json.dumps(ir))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"n": 1}\n')
+    code = main(["run", str(f), "-i", str(inp), "--backend", "sim", *extra])
+    return code, capsys.readouterr().err
+
+
+def _malformed() -> list:
+    out = []
+    for path, value in [(("input_schema", "properties"), [1]), (("input_schema", "required"), True),
+                        (("models", "m", "sim"), 1.5), (("models", "m", "sim", "replicas"), "two"),
+                        (("agents", "a", "extracts"), [{"name": [1], "kind": "regex", "pattern": "x"}]),
+                        (("states", "a", "transitions"), [{"to": [1]}]), (("limits", "retries"), "x"),
+                        (("output", "fields"), [{"name": "n", "expr": {"op": "list", "items": None}}])]:
+        ir = F.loop()
+        cur = ir
+        for k in path[:-1]:
+            cur = cur[k]
+        cur[path[-1]] = value
+        out.append(pytest.param(ir, id=".".join(path)))
+    return out
+
+
+@pytest.mark.parametrize("ir", _malformed())
+def test_break6_malformed_ir_is_a_one_line_error_before_work(capsys, tmp_path, ir):
+    """Malformed IR given to `mxc run` raised KeyError/TypeError/... (exit 3 with a traceback)."""
+    code, err = _mxc_run(capsys, ir, tmp_path, "-o", str(tmp_path / "out.jsonl"))
+    assert code == 2, err
+    assert err.startswith("mxc run: unusable workflow") and err.count("\n") == 1, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "/proc/nope/out.jsonl"])
+def test_break6_unwritable_outputs_are_refused_before_work(capsys, tmp_path, where):
+    """`/dev/full` (the sink's ftruncate failed in its constructor) or a read-only place as output."""
+    code, err = _mxc_run(capsys, F.loop(), tmp_path, "-o", where, "--overwrite")
+    assert code == 2 and err.startswith("mxc run: ") and "output" in err and err.count("\n") == 1, err
+
+
+def test_break6_unwritable_summary_is_refused_before_work(capsys, tmp_path):
+    """`--summary` that cannot be written failed after the whole run."""
+    code, err = _mxc_run(capsys, F.loop(), tmp_path, "-o", str(tmp_path / "out.jsonl"),
+                         "--summary", "/proc/nope/s.json")
+    assert code == 2 and err.startswith("mxc run: --summary") and err.count("\n") == 1, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.ray
+def test_break6_summary_into_a_missing_folder_is_written(ray_local, capsys, tmp_path):
+    summary = tmp_path / "new" / "deeper" / "s.json"
+    code, err = _mxc_run(capsys, F.loop(max_steps=1), tmp_path, "-o", str(tmp_path / "out.jsonl"),
+                         "--summary", str(summary), "--progress", "off")
+    assert code == 0, err
+    assert json.loads(summary.read_text())["rows"] == 1
