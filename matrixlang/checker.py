@@ -19,7 +19,7 @@ from .flowgraph import check_flow
 from .parser import parse
 from .resolve import Symbols, resolve
 from .source import Source
-from .templates import check_template
+from .templates import check_template, environment
 from .types import ANY, INT, STR, Scope, Ty, TypeChecker, check_regex, list_of, obj
 from .values import evaluate
 
@@ -60,7 +60,15 @@ def check(source: Source) -> Analysis:
         for key in ("system", "prompt", "input", "sim"):
             s = next((s for s in a.settings if s.key.value == key), None)
             if s is not None and isinstance(s.value, n.Literal) and s.value.kind == "str":
-                check_template(s.value, scope, diags, f"{name}.{key}")
+                before = len(diags.items)
+                try:
+                    check_template(s.value, scope, diags, f"{name}.{key}")
+                except RecursionError:
+                    del diags.items[before:]
+                    _too_deep_template(s.value, diags, f"{name}.{key}", "RecursionError")
+                    continue
+                if len(diags.items) == before:
+                    _template_compiles(s.value, diags, f"{name}.{key}")
     an.graph = check_flow(sym, diags)
     tc = TypeChecker(scope, diags)
     if sym.flow:
@@ -70,6 +78,25 @@ def check(source: Source) -> Analysis:
     _output(an, tc)
     _unused(an)
     return an
+
+
+def _template_compiles(lit: n.Literal, diags: Diagnostics, where: str) -> None:
+    """E027 for a template that parses but that jinja cannot compile to Python (blocks nested past
+    Python's limits, e.g. 240 nested `{% if %}`). Only templates with many blocks are compiled here:
+    compiling is the slow part of checking a template."""
+    if lit.value.count("{%") < 40:
+        return
+    try:
+        environment().compile(lit.value)
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        _too_deep_template(lit, diags, where, type(exc).__name__)
+    except Exception:  # noqa: BLE001 - any other template error is check_template's to report
+        return
+
+
+def _too_deep_template(lit: n.Literal, diags: Diagnostics, where: str, why: str) -> None:
+    diags.error("E027", f"template `{where}` is nested too deeply to run ({why})", lit.span,
+                "nest fewer blocks: split the template, or compute parts in a tool agent")
 
 
 # ---- input ----------------------------------------------------------------------------------

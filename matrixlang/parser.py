@@ -546,10 +546,32 @@ def _parse_text(text: str, source: Source, diags: Diagnostics, comments: list[n.
     for m in _COMMENT_SCAN.finditer(text, base, len(text) if stop is None else stop):
         if m.group(0).startswith("#"):
             on_comment(Token("COMMENT", m.group(0), m.start(), end_pos=m.end()))
+    deep = _too_deep(tree)
+    if deep is not None:
+        start = getattr(deep.meta, "start_pos", base)
+        diags.error("E001", f"nested too deeply: more than {MAX_NESTING} levels of expressions, lists or "
+                    "types (a long chain of `+`, `and`, `not` counts one level per operator)",
+                    Span(start, start + 1),
+                    "split it: compute parts in separate guards, output fields or a tool agent")
+        return [], False
     try:
         return _Builder(diags).transform(tree), True
     except VisitError as exc:  # a bug in the builder, not the user's fault
         raise exc.orig_exc from None
+
+
+MAX_NESTING = 100   # levels of the parse tree: every later pass (and the runtime) recurses on it
+
+
+def _too_deep(tree: Tree) -> Tree | None:
+    """The first subtree more than MAX_NESTING levels down (iteratively: no recursion), or None."""
+    stack = [(tree, 1)]
+    while stack:
+        t, d = stack.pop()
+        if d > MAX_NESTING:
+            return t
+        stack.extend((c, d + 1) for c in t.children if isinstance(c, Tree))
+    return None
 
 
 _COMMENT_SCAN = re.compile(r'r?"""[\s\S]*?"""|r?"(?:[^"\\\n]|\\.)*"|#[^\n]*')

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import regex
+
 from matrixlang.runtime.expr import FUNCTIONS
 from matrixlang.runtime.names import CONTEXT_NAMES, ENTRY_FIELDS
 
@@ -301,9 +303,18 @@ def _conversion_hint(a: Ty, b: Ty) -> str | None:
 
 
 def check_regex(diags: Diagnostics, lit: n.Literal) -> bool:
+    """Whether the pattern compiles as the runtime compiles it (Python's re syntax, run by the regex
+    module); E025 when not."""
     try:
         re.compile(lit.value, re.DOTALL)
+        regex.compile(lit.value, regex.DOTALL | regex.VERSION0)
         return True
+    except (OverflowError, RecursionError, MemoryError, regex.error) as exc:
+        why = {OverflowError: "a repetition count is too large", RecursionError: "nested too deeply",
+               MemoryError: "too large"}.get(type(exc), str(exc))
+        diags.error("E025", f"bad regular expression: {why}", lit.span,
+                    "regexes use Python's `re` syntax, within the runtime's limits")
+        return False
     except re.error as exc:
         pos = exc.pos if exc.pos is not None else 0
         offs = lit.offsets or []

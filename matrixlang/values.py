@@ -48,6 +48,10 @@ UNIT_SPELLINGS = {
 }
 
 
+MAX_SECONDS = 365 * 24 * 3600.0   # durations: the runtime's timers and the sandbox's limits take these
+MAX_BYTES = 1024**5               # sizes (the sandbox's address-space limit must fit its kernel's)
+
+
 def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: str) -> float | None:
     num, unit = e.value
     if unit not in units:
@@ -64,7 +68,17 @@ def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: st
     if num < 0:
         diags.error("E018", f"a {what} cannot be negative", e.span)
         return None
-    return num * units[unit]
+    value = num * units[unit]
+    if value <= 0 or (what == "size" and value < 1):
+        diags.error("E018", f"a {what} must be more than zero, not `{num}{unit}`", e.span,
+                    "leave the key out for its default")
+        return None
+    top = MAX_SECONDS if what == "duration" else MAX_BYTES
+    if value > top:
+        shown = "365 days" if what == "duration" else "1 PiB (1024**5 bytes)"
+        diags.error("E018", f"`{num}{unit}` is more than any {what} the runtime takes (at most {shown})", e.span)
+        return None
+    return value
 
 
 def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:

@@ -37,9 +37,11 @@ from .cluster import Handles, Topology, actor_info, tune_gc
 from .engine import AgentSpec, Engine, LLMCall, Reply, StepError
 from .message import Message
 from .names import CALL_TIMEOUT_S, OFFLOAD_THRESHOLD, RETRIES
-from .sink import encode_line, item_key, row_key
+from .sink import encode_line, item_key
 from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .transport import Held, Outbox, pick_two, spawn, unpack
+
+_TIMEOUT = getattr(asyncio, "timeout", None)   # Python 3.11+: no task per step (else asyncio.wait_for)
 
 
 @dataclass(slots=True)
@@ -68,7 +70,7 @@ def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, bytes, d
             "prompt_tokens": sum(x["prompt_tokens"] for x in u),
             "completion_tokens": sum(x["completion_tokens"] for x in u),
             "finished": msg.timing.get("finished")}
-    return row_key(msg.id), line, info
+    return msg.key, line, info
 
 
 def message_bytes(msg: Message) -> int:
@@ -143,7 +145,7 @@ class AgentActor:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         batch = unpack(batch)
         for msg in batch:
-            self.held[row_key(msg.id)] += 1
+            self.held[msg.key] += 1
             spawn(self._run(msg), self._tasks)
         return len(self.held)
 
@@ -159,14 +161,51 @@ class AgentActor:
 
     # -- one step --------------------------------------------------------------------------------
     async def _run(self, msg: Message) -> None:
-        key = row_key(msg.id)
+        key, state = msg.key, msg.state
         try:
-            async with self.roles[msg.state].sem:
-                routed = await self._step(msg)
+            if _TIMEOUT is not None:           # limits.row_timeout bounds the step in flight
+                cm = _TIMEOUT(self._time_left(msg))
+                try:
+                    async with cm, self.roles[state].sem:
+                        routed = await self._step(msg)
+                except TimeoutError:
+                    if not cm.expired():
+                        raise
+                    routed = await self._timed_out(msg, state)
+            else:
+                try:
+                    routed = await asyncio.wait_for(self._bounded_step(msg), self._time_left(msg))
+                except asyncio.TimeoutError:
+                    routed = await self._timed_out(msg, state)
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
         if not routed:
             self.held.release(key)
+
+    async def _bounded_step(self, msg: Message) -> bool:
+        async with self.roles[msg.state].sem:
+            return await self._step(msg)
+
+    def _time_left(self, msg: Message) -> float:
+        """Seconds left of the row's ``limits.row_timeout`` (measured from its admission)."""
+        admitted = msg.timing.get("admitted")
+        if admitted is None:
+            return self.engine.row_timeout_s
+        return max(0.0, admitted + self.engine.row_timeout_s - time.time())
+
+    async def _timed_out(self, msg: Message, state: str) -> bool:
+        """The row ran out of time in a step (waiting for its turn, a model, a tool or its texts):
+        written as failed, reason row_timeout (a row that had already finished keeps its outcome)."""
+        if not msg.finished:
+            now = time.time()
+            admitted = msg.timing.get("admitted") or now
+            self.engine.fail(msg, "failed", "row_timeout",
+                             f"row running for {now - admitted:.1f}s > limits.row_timeout_s = "
+                             f"{self.engine.row_timeout_s:g}; cut off in a step of {state}", now)
+        try:
+            return await self._finish(msg, [e.get("text") for e in msg.history])
+        except Exception as e:  # noqa: BLE001
+            return self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
 
     async def _step(self, msg: Message) -> bool:
         """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
@@ -174,7 +213,7 @@ class AgentActor:
         role = self.roles[msg.state]
         try:
             texts = await fetch_texts(msg.history, eng.history_need(msg.state), self.cache,
-                                      functools.partial(self._texts_of, row_key(msg.id)))
+                                      functools.partial(self._texts_of, msg.key))
         except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
             self.dropped += 1      # its offloaded texts are gone (the sink restarted): re-run it
             return False
@@ -186,7 +225,7 @@ class AgentActor:
             return await self._finish(msg, texts)
         t0 = time.perf_counter()
         if isinstance(call, LLMCall) and (call.model in self.cfg.openai or call.model in self.cfg.vllm):
-            reply, err = await self._call_openai(call, row_key(msg.id))
+            reply, err = await self._call_openai(call, msg.key)
             if reply is None:
                 eng.fail(msg, "error", "model_error", err, time.time())
                 return await self._finish(msg, texts)
@@ -228,7 +267,7 @@ class AgentActor:
             key = text_key(text)
             self.cache.put(key, text)         # this agent will not need to fetch it back
             if i < len(hist) - 1 or not keep_newest:
-                self.outbox.send(("offload",), self._sink(), (row_key(msg.id), key, text), method="offload")
+                self.outbox.send(("offload",), self._sink(), (msg.key, key, text), method="offload")
                 hist[i] = offloaded_entry(hist[i]["agent"], text, size, key)
 
     def _remember_newest(self, msg: Message) -> None:
@@ -380,7 +419,7 @@ class AgentActor:
         if self.output_need != "none" and any("ref" in e for e in msg.history):
             try:
                 texts = await fetch_texts(msg.history, "all", self.cache,
-                                          functools.partial(self._texts_of, row_key(msg.id)))
+                                          functools.partial(self._texts_of, msg.key))
             except (ray.exceptions.RayError, LookupError, asyncio.TimeoutError):
                 self.dropped += 1
                 return False
@@ -410,7 +449,7 @@ class AgentActor:
                 self._reroutes.pop(id(item), None)
         if kind == "agent":
             for msg in batch:
-                self.held.release(row_key(msg.id))
+                self.held.release(msg.key)
         elif kind == "out":
             for key, _, _ in batch:
                 self.held.release(key)

@@ -18,7 +18,7 @@ import ray
 
 from .cluster import Handles, Topology, actor_info, tune_gc
 from .message import Message
-from .sink import item_key, row_key
+from .sink import item_key
 from .transport import Held, Outbox, pick_two, unpack
 
 
@@ -49,7 +49,7 @@ class Coordinator:
         for item in batch:
             self.routed += 1
             if isinstance(item, Message):
-                self.held[row_key(item.id)] += 1
+                self.held[item.key] += 1
                 self._dispatch(item)
             else:
                 self.held[item[0]] += 1

@@ -31,7 +31,7 @@ from .cluster import Handles, Topology
 from .engine import Engine
 from .message import Message
 from .names import MAX_IN_FLIGHT, ROW_ATTEMPTS
-from .sink import item_key, row_key
+from .sink import item_key
 from .transport import Held, Outbox, pick_two
 
 
@@ -103,7 +103,7 @@ class Driver:
         self.rows = read_rows(input_path, cfg.limit)
         self.on_progress = on_progress
         self.inflight: dict[Hashable, Message] = {}
-        self.seen: set[Hashable] = set()
+        self.seen: dict[Hashable, int] = {}      # row key -> input position of its first row
         self.held = Held()
         self.exhausted = False
         self.res = DriverResult()
@@ -170,14 +170,17 @@ class Driver:
         now = time.time()
         self.res.input_rows += 1
         msg = self.engine.new_message(line, pos, now)
-        key = row_key(msg.id)
+        key = msg.key
+        first = self.seen.get(key)
+        if first is None:
+            self.seen[key] = pos
+        else:                                # its id repeats an earlier row's: written as failed
+            self.engine.duplicate(msg, first, now)
+            key = msg.key
+            self.res.duplicate_ids += 1
         if key in self.cfg.done_ids:
             self.res.skipped_done += 1
             return False
-        if key in self.seen:
-            self.res.duplicate_ids += 1
-            return False
-        self.seen.add(key)
         if self.res.first_admit is None:
             self.res.first_admit = now
         self.inflight[key] = msg
@@ -185,10 +188,13 @@ class Driver:
         self._send(msg)
         return True
 
-    def _send(self, msg: Message) -> None:
-        """Send a new (or re-admitted) message: finished ones straight to the sink."""
-        key = row_key(msg.id)
-        self.held[key] += 1
+    def _send(self, msg: Message, *, hold: bool = True) -> None:
+        """Send a new (or re-admitted) message: finished ones straight to the sink. The driver holds
+        the row until the receiver acknowledges it (one hold per send; a resend keeps the failed
+        send's hold instead of taking another)."""
+        key = msg.key
+        if hold:
+            self.held[key] += 1
         if msg.finished:
             self.outbox.send(("out",), self.handles.get(self.topo.sink), output_line(self.engine, msg, []))
         elif self.topo.central:
@@ -218,11 +224,15 @@ class Driver:
             self.held.release(item_key(item))
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
+        """A send failed (the receiver died): resend each row still in flight under the hold the
+        failed send took; release the hold of a row that completed meanwhile."""
         def resend() -> None:
             for item in batch:
                 key = item_key(item)
                 if key in self.inflight:
-                    self._send(self.inflight[key])
+                    self._send(self.inflight[key], hold=False)
+                else:
+                    self.held.release(key)
 
         asyncio.get_running_loop().call_later(0.2, resend)
 

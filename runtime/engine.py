@@ -12,7 +12,10 @@ Semantics fixed here (docs/ir.md leaves them open):
   `sim_tokens` from the model's `sim.tokens` (clipped to the agent's `max_tokens`), then feeds the `sim`
   template's `random` filter; system/prompt/input templates draw from `Random(f"{seed_key}:{role}")`.
 - `max_steps` and `row_timeout` are checked after a step, only when the chosen transition leads to an
-  agent: a row that reaches `end` or `fail` keeps that outcome.
+  agent: a row that reaches `end` or `fail` keeps that outcome. (The agent actor also cuts off a step
+  in flight when the row's `row_timeout` runs out.)
+- Regex extracts and `matches` are bounded in time (extract.REGEX_TIMEOUT_S): a search over it fails
+  the row with `regex_timeout`.
 - A finished message has `state` "end" (status ok) or "fail" (failed/error).
 - A tool agent without an `input` template receives "".
 """
@@ -24,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .expr import Compiled, ExprError, compile_expr, reads
-from .extract import Extractor
+from .extract import Extractor, RegexTimeout
 from .ir import load_ir
-from .message import ERROR, FAILED, OK, RUNNING, Message
+from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message
 from .names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .rows import BadRow, RowValidator
 from .templates import LazyRandom, MissingText, RenderError, Template, compile_template
@@ -317,12 +320,23 @@ class Engine:
         except BadRow as e:
             if e.row is not None:
                 msg.row = e.row
-            msg.id = self._rows.row_id(msg.row, position)
+            self._set_id(msg, position)
             self._finish(msg, FAILED, "bad_input", str(e), now)
             return msg
-        msg.id = self._rows.row_id(msg.row, position)
+        self._set_id(msg, position)
         self._advance(msg, "start", self.start, (), now)
         return msg
+
+    def _set_id(self, msg: Message, position: int) -> None:
+        own = self._rows.own_id(msg.row)
+        msg.id, msg.id_from = (position, ID_POSITION) if own is None else (own, ID_FIELD)
+
+    def duplicate(self, msg: Message, first: int, now: float) -> None:
+        """Finish a new message whose own id repeats the row's at input position ``first``: failed,
+        reason ``duplicate_id``; it keeps its id and is keyed by its position."""
+        msg.id_from = ID_DUPLICATE
+        self._finish(msg, FAILED, "duplicate_id",
+                     f"id {msg.id!r} is also the id of the row at input position {first} (written there)", now)
 
     def prepare_call(self, msg: Message, texts: Sequence[str | None] = ()) -> LLMCall | ToolCall:
         """Render the current agent's templates and build its call. StepError(template_error) on failure."""
@@ -357,7 +371,20 @@ class Engine:
         name = spec.name
         entry = len(msg.history)
         msg.history.append({"agent": name, "text": reply.text})
-        vals = spec.extractor.run(reply.text)
+        try:
+            vals = spec.extractor.run(reply.text)
+        except RegexTimeout as e:
+            vals = dict.fromkeys(spec.extractor.names)
+            self._record(msg, spec, reply, entry, vals)
+            self._finish(msg, FAILED, "regex_timeout", f"{name} extract: {e}", now)
+            return
+        self._record(msg, spec, reply, entry, vals)
+        self._advance(msg, name, spec.transitions, texts, now)
+
+    @staticmethod
+    def _record(msg: Message, spec: AgentSpec, reply: Reply, entry: int, vals: dict) -> None:
+        """Count a done step: its values, visit, step and usage."""
+        name = spec.name
         vals["entry"] = entry
         vals["exit_code"] = reply.exit_code
         msg.values[name] = vals
@@ -369,7 +396,6 @@ class Engine:
         u["prompt_tokens"] += reply.prompt_tokens
         u["completion_tokens"] += reply.completion_tokens
         u["calls"] += 1
-        self._advance(msg, name, spec.transitions, texts, now)
 
     def fail(self, msg: Message, status: str, reason: str, detail: str, now: float) -> None:
         """Finish a message unsuccessfully (status "failed" or "error"), e.g. model_error after retries."""
@@ -384,11 +410,11 @@ class Engine:
         for name, fn, _ in self.outputs:
             try:
                 out[name] = _plain(fn(scope))
-            except ExprError:
+            except (ExprError, RegexTimeout):
                 out[name] = None
         admitted, finished = msg.timing.get("admitted"), msg.timing.get("finished")
         out["_meta"] = {
-            "id": msg.id, "status": msg.status, "reason": msg.reason, "detail": msg.detail,
+            "id": msg.id, "position": msg.position, "id_from": msg.id_from, "status": msg.status, "reason": msg.reason, "detail": msg.detail,
             "steps": msg.steps, "attempt": msg.attempt,
             "usage": {k: dict(v) for k, v in msg.usage.items()},
             "timing": {"admitted": admitted, "finished": finished,
@@ -425,6 +451,9 @@ class Engine:
             if tr.when is not None:
                 try:
                     held = bool(tr.when(scope))
+                except RegexTimeout as e:
+                    self._finish(msg, FAILED, "regex_timeout", f"{state} -> {_target(tr)} when {tr.guard}: {e}", now)
+                    return
                 except ExprError as e:
                     self._finish(msg, FAILED, "guard_error", f"{state} -> {_target(tr)} when {tr.guard}: {e}", now)
                     return

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import operator
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .extract import BoundedRegex
 from .ir import IRError
 from .names import KINDS
 
@@ -355,8 +355,8 @@ def _compile_matches(node: dict, names: Collection[str] | None) -> Compiled:
     if not (isinstance(right, dict) and right.get("op") == "lit" and isinstance(right.get("value"), str)):
         raise IRError("the right side of 'matches' must be a literal string")
     try:
-        rx = re.compile(right["value"], re.DOTALL)
-    except re.error as e:
+        rx = BoundedRegex(right["value"])    # bounded in time: RegexTimeout
+    except IRError as e:
         raise IRError(f"bad regex {right['value']!r} in 'matches': {e}") from None
     left = compile_expr(node["left"], names)
 

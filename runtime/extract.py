@@ -1,4 +1,11 @@
-"""Extracts (docs/ir.md "Agents"): values pulled out of a step's reply text, compiled once per agent."""
+"""Extracts (docs/ir.md "Agents"): values pulled out of a step's reply text, compiled once per agent.
+
+Regexes (extracts and the ``matches`` of guards) run on untrusted text, a model's reply or an input row:
+they are checked with Python's ``re`` (the language's regex syntax) and run by the ``regex`` module,
+which keeps ``re``'s semantics (its version 0) and bounds each search in time: a search that runs over
+``REGEX_TIMEOUT_S`` raises :class:`RegexTimeout` instead of blocking its actor's event loop for good
+(catastrophic backtracking).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,43 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import regex as _regex
+
 from .ir import IRError
+
+REGEX_TIMEOUT_S = 1.0   # CPU time one search may take
+
+
+class RegexTimeout(Exception):
+    """A regex search ran over its time bound (the row fails with reason ``regex_timeout``)."""
+
+    def __init__(self, pattern: str, timeout_s: float = REGEX_TIMEOUT_S) -> None:
+        shown = pattern if len(pattern) <= 60 else pattern[:57] + "..."
+        super().__init__(f"regex {shown!r} ran over its time bound of {timeout_s:g}s on this text")
+        self.pattern = pattern
+
+
+class BoundedRegex:
+    """A compiled regex whose ``search`` is bounded in time (:class:`RegexTimeout`)."""
+
+    __slots__ = ("pattern", "groups", "_rx", "timeout_s")
+
+    def __init__(self, pattern: str, timeout_s: float = REGEX_TIMEOUT_S) -> None:
+        """IRError (without the pattern: callers add where it is) when the pattern is not a valid regex."""
+        try:
+            re.compile(pattern, re.DOTALL)               # the language's syntax: Python's re
+            self._rx = _regex.compile(pattern, _regex.DOTALL | _regex.VERSION0)
+        except (re.error, _regex.error) as e:
+            raise IRError(str(e)) from None
+        except (OverflowError, RecursionError, MemoryError) as e:
+            raise IRError(f"regex too large ({type(e).__name__})") from None
+        self.pattern, self.groups, self.timeout_s = pattern, self._rx.groups, timeout_s
+
+    def search(self, text: str) -> Any:
+        try:
+            return self._rx.search(text, timeout=self.timeout_s)
+        except TimeoutError:
+            raise RegexTimeout(self.pattern, self.timeout_s) from None
 
 _DECODER = json.JSONDecoder()
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -17,10 +60,11 @@ _UNPARSABLE = object()
 
 
 def compile_regex(pattern: str) -> Callable[[str], str | None]:
-    """`re.search(pattern, text, re.DOTALL)`: group 1, or the whole match without groups; else None."""
+    """`re.search(pattern, text, re.DOTALL)`: group 1, or the whole match without groups; else None.
+    Bounded in time (:class:`RegexTimeout`)."""
     try:
-        rx = re.compile(pattern, re.DOTALL)
-    except re.error as e:
+        rx = BoundedRegex(pattern)
+    except IRError as e:
         raise IRError(f"bad regex {pattern!r}: {e}") from None
     if rx.groups:
         def first_group(text: str) -> str | None:

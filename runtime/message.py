@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 RUNNING, OK, FAILED, ERROR = "running", "ok", "failed", "error"
 FINISHED_STATUSES = frozenset((OK, FAILED, ERROR))
+ID_FIELD, ID_POSITION, ID_DUPLICATE = "field", "position", "duplicate"   # where a row's id comes from
+
+
+def id_key(row_id: Any) -> Hashable:
+    """Dedup key of a row's own id (ids are str or int; anything else is keyed by its JSON text)."""
+    if isinstance(row_id, (str, int)) and not isinstance(row_id, bool):
+        return row_id
+    return json.dumps(row_id, sort_keys=True)
+
+
+def position_key(position: int) -> Hashable:
+    """Dedup key of a row known by its input position: a namespace of its own, apart from every id."""
+    return ("#", position)
 
 
 @dataclass(slots=True)
@@ -16,6 +31,11 @@ class Message:
     `history` entries are `{"agent", "text"}` inline or `{"agent", "ref", "bytes", "preview"}` when the
     Ray layer has offloaded the text; `values[AGENT]` is `{"entry": history index, EXTRACT..., "exit_code"}`.
     A finished message has `status` ok/failed/error and `state` "end" (ok) or "fail" (otherwise).
+
+    `id_from` says where `id` comes from: "field" (the row's own id), "position" (the row has no usable
+    id: `id` is its position) or "duplicate" (its own id repeats an earlier row's: written as failed,
+    reason duplicate_id). `key`, the row's dedup key, is its id for "field" and its position, in a
+    namespace of its own, otherwise: a positional id never collides with a row's own id.
     """
 
     id: str | int
@@ -32,6 +52,12 @@ class Message:
     timing: dict[str, float | None] = field(default_factory=lambda: {"admitted": None, "finished": None})
     attempt: int = 0
     position: int = 0
+    id_from: str = ID_FIELD
+
+    @property
+    def key(self) -> Hashable:
+        """The row's dedup key (the sink writes each key once; the driver tracks rows by it)."""
+        return id_key(self.id) if self.id_from == ID_FIELD else position_key(self.position)
 
     @property
     def finished(self) -> bool:
@@ -47,6 +73,7 @@ class Message:
             "history": [dict(e) for e in self.history],
             "usage": {k: dict(v) for k, v in self.usage.items()},
             "timing": dict(self.timing), "attempt": self.attempt, "position": self.position,
+            "id_from": self.id_from,
         }
 
     @classmethod
@@ -59,5 +86,5 @@ class Message:
             history=[dict(e) for e in d.get("history", [])],
             usage={k: dict(v) for k, v in d.get("usage", {}).items()},
             timing=dict(d.get("timing", {"admitted": None, "finished": None})),
-            attempt=d.get("attempt", 0), position=d.get("position", 0),
+            attempt=d.get("attempt", 0), position=d.get("position", 0), id_from=d.get("id_from", ID_FIELD),
         )

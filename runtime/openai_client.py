@@ -12,7 +12,12 @@
 - Retries: connection errors, timeouts, 429, 5xx and unparsable replies are retried ``retries`` times
   with exponential backoff and jitter, or after the server's ``Retry-After`` when it sends one; other 4xx
   are final. After the last attempt ``ModelCallError`` says why; the agent writes the row as ``error``
-  with reason ``model_error`` and that detail. The API key never appears in errors, stats or logs.
+  with reason ``model_error`` and that detail.
+- The API key never leaves where it belongs: it is sent only to the model's own URLs (a redirect to
+  another origin goes there without it: the probe's own redirect handler, aiohttp's for calls), and
+  every text a server sends back that can reach the output, the summary or a log (error bodies, and
+  the reply text itself) is scrubbed of the key, whole or any prefix of 8 characters or more
+  (:func:`scrub`), before it is cut to length.
 - Simulator hints: for a model whose every endpoint is an ``mxc sim-server`` (it lists its models as
   ``owned_by: "matrixlang-sim"``, probed by ``resolve_models``), the request carries
   ``"mx_sim": {"text", "tokens", "seed"}`` from the LLMCall (when the engine rendered them: the agent
@@ -29,6 +34,7 @@ import os
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -197,13 +203,40 @@ def resolve_models(ir: dict, environ: Mapping[str, str] = os.environ, *, probe: 
     return out
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port made explicit."""
+    p = urllib.parse.urlsplit(url)
+    scheme = p.scheme.lower()
+    try:
+        port = p.port
+    except ValueError:
+        port = None
+    return scheme, (p.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends credentials only to the origin they were meant for (urllib's own
+    handler copies every header, ``Authorization`` too, to wherever the server redirects)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(newurl) != origin(req.full_url):
+            for name in ("Authorization", "Proxy-authorization", "Cookie"):
+                new.remove_header(name)
+        return new
+
+
+_PROBE_OPENER = urllib.request.build_opener(_SameOriginAuth)
+
+
 def probe_owner(url: str, key: Secret | None = None, timeout_s: float = 3.0) -> str | None:
-    """The ``owned_by`` of the first model ``GET {url}/models`` lists, or None when it does not answer."""
+    """The ``owned_by`` of the first model ``GET {url}/models`` lists, or None when it does not answer.
+    The key goes to ``url``'s origin only (a redirect elsewhere is followed without it)."""
     req = urllib.request.Request(f"{url}/models")
     if key is not None:
         req.add_header("Authorization", f"Bearer {key.value}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:   # noqa: S310 - http(s) only, checked
+        with _PROBE_OPENER.open(req, timeout=timeout_s) as resp:   # noqa: S310 - http(s) only, checked
             data = json.loads(resp.read())
         return data["data"][0].get("owned_by")
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, urllib.error.URLError):
@@ -374,13 +407,13 @@ class OpenAIClient:
                 status = resp.status
                 if status >= 400:
                     text = await resp.text(errors="replace")
-                    err = _error_message(text)
+                    err = _error_message(text, self._key)
                     if status >= 500 or status in RETRY_STATUS:
                         raise _Retry(f"HTTP {status}: {err}", breaker=None if status < 500 else False,
                                      retry_after=parse_retry_after(resp.headers.get("Retry-After")))
                     raise _Final(f"HTTP {status}: {err}")
                 if resp.content_type == "text/event-stream":
-                    text, usage = await _read_stream(resp, chat)
+                    text, usage = await _read_stream(resp, chat, self._key)
                 else:
                     text, usage = _parse_reply(await resp.read(), chat)
         except (_Retry, _Final):
@@ -393,6 +426,7 @@ class OpenAIClient:
             raise _Retry(f"connection error: {type(e).__name__}: {e}", breaker=False) from None
         except ValueError as e:
             raise _Retry(f"bad reply: {e}", breaker=False) from None
+        text = self._clean(text)           # a server may echo the key in its reply
         ptok = usage.get("prompt_tokens") if usage else None
         ctok = usage.get("completion_tokens") if usage else None
         if not isinstance(ptok, int):
@@ -402,12 +436,40 @@ class OpenAIClient:
         return Reply(text, ptok, ctok)
 
     def _clean(self, s: str) -> str:
-        """``s`` without the API key, whatever a server echoed."""
-        return s.replace(self._key, "***") if self._key else s
+        """``s`` without the API key, whatever a server echoed (:func:`scrub`)."""
+        return scrub(s, self._key)
 
 
-def _error_message(text: str) -> str:
-    """The message of an OpenAI-style error body, else the body's start."""
+SCRUB_MIN = 8    # a run of the key this long (from its start) is scrubbed
+
+
+def scrub(text: str, secret: str | None, min_len: int = SCRUB_MIN) -> str:
+    """``text`` with every occurrence of ``secret``, and of any prefix of it at least ``min_len``
+    characters long (a truncated echo), replaced by ``***``. Cheap when the key is not there."""
+    if not secret or not text:
+        return text
+    if secret in text:
+        text = text.replace(secret, "***")
+    head = secret[:min_len]
+    if len(head) < min_len or head not in text:
+        return text
+    out, i = [], 0
+    while (j := text.find(head, i)) >= 0:
+        k = j + len(head)
+        n = len(head)
+        while k < len(text) and n < len(secret) and text[k] == secret[n]:
+            k += 1
+            n += 1
+        out += (text[i:j], "***")
+        i = k
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _error_message(text: str, secret: str | None = None) -> str:
+    """The message of an OpenAI-style error body, else the body's start; scrubbed of ``secret`` before
+    it is cut to 300 characters (a cut would leave a prefix of the key that no longer matches it)."""
+    text = scrub(text, secret)
     try:
         err = json.loads(text).get("error")
         msg = err.get("message") if isinstance(err, dict) else err
@@ -430,7 +492,8 @@ def _parse_reply(raw: bytes, chat: bool) -> tuple[str, dict | None]:
     return ("" if text is None else str(text)), (usage if isinstance(usage, dict) else None)
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, chat: bool) -> tuple[str, dict | None]:
+async def _read_stream(resp: aiohttp.ClientResponse, chat: bool,
+                       secret: str | None = None) -> tuple[str, dict | None]:
     """(text, usage) of a server-sent-events completion stream (``data: {...}`` ... ``data: [DONE]``)."""
     parts: list[str] = []
     usage = None
@@ -449,7 +512,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, chat: bool) -> tuple[str, d
         if isinstance(d.get("usage"), dict):
             usage = d["usage"]
         if "error" in d:
-            raise ValueError(f"error in stream: {_error_message(payload.decode(errors='replace'))}")
+            raise ValueError(f"error in stream: {_error_message(payload.decode(errors='replace'), secret)}")
         for ch in d.get("choices") or ():
             piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
             if piece:

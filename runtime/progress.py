@@ -106,7 +106,7 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
     if summary.get("skipped_done"):
         t.add_row("skipped (already in output)", str(summary["skipped_done"]))
     if summary.get("duplicate_ids"):
-        t.add_row("skipped (duplicate id)", str(summary["duplicate_ids"]))
+        t.add_row("duplicate ids (written failed)", str(summary["duplicate_ids"]))
     if summary.get("readmitted") or summary.get("lost"):
         t.add_row("re-admitted / lost", f"{summary['readmitted']} / {summary['lost']}")
     t.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")

@@ -213,10 +213,15 @@ class RowValidator:
             raise error
         return row
 
-    def row_id(self, row: dict | None, position: int) -> str | int:
-        """The row's id field when the schema has one and it is a string or integer, else the position."""
+    def own_id(self, row: dict | None) -> str | int | None:
+        """The row's id field when the schema has one and it is a string or integer, else None."""
         if self.id_field and isinstance(row, dict):
             v = row.get(self.id_field)
             if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
                 return v
-        return position
+        return None
+
+    def row_id(self, row: dict | None, position: int) -> str | int:
+        """The row's own id (:meth:`own_id`), else its position."""
+        v = self.own_id(row)
+        return position if v is None else v

@@ -78,14 +78,10 @@ class RunOptions:
 def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     """Run the workflow over ``opts.input`` into ``opts.output``; returns the summary dict."""
     t_start = time.time()
-    try:
-        ir = load_ir(ir)
-        engine = Engine(ir, seed=opts.seed, backend=opts.backend)
-    except (IRError, ValueError) as e:
-        raise RunError(f"unusable workflow: {e}") from e
-    _check_options(engine, opts)
+    engine = preflight(ir, opts)
     out_path = str(Path(opts.output).resolve())
     _prepare_output(out_path, opts)
+    _prepare_summary(opts)
     openai = _openai_models(engine)
     total = count_rows(opts.input, opts.limit)
     try:
@@ -119,12 +115,77 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     summary["cluster"] = cluster
     summary["stopped"] = res.stopped or sink_stats.get("failure")
     if opts.summary:
-        Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        try:
+            Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise RunError(f"the run completed ({summary['rows']} rows in {out_path!r}) but the summary "
+                           f"{opts.summary!r} cannot be written: {e.strerror or e}") from e
     if opts.print_summary:
         print_summary(summary)
     if summary["stopped"]:
         raise RunStopped(summary["stopped"], summary)
     return summary
+
+
+_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, RecursionError, SyntaxError, MemoryError,
+              OverflowError)
+
+
+def preflight(ir: dict | str | Path, opts: RunOptions) -> Engine:
+    """The workflow's engine, once the IR, the options and everything the run derives from them (actor
+    counts, limits) are known to be usable; RunError otherwise, before any work starts. The IR may come
+    from anywhere (``mxc run FILE.json``): whatever shape it has, a malformed one is a RunError."""
+    try:
+        ir = load_ir(ir)
+        engine = Engine(ir, seed=opts.seed, backend=opts.backend)
+        _check_options(engine, opts)
+        _topology(engine, opts, namespace=None)
+        for key in ("retries", "row_attempts"):
+            int(engine.limits.get(key, 3))
+        float(engine.limits.get("call_timeout_s", 120.0))
+        float(engine.row_timeout_s)
+        for model in engine.ir["models"].values():
+            for key in ("retries", "timeout_s"):
+                if model.get(key) is not None:
+                    float(model[key])
+        for name in {a.tool for a in engine.agents.values() if a.kind == "tool"}:
+            from .sandbox import Limits
+
+            try:
+                Limits.from_spec(engine.ir["tools"][name])
+            except ValueError as e:
+                raise RunError(f"unusable workflow: tool {name!r}: {e}") from e
+    except RunError:
+        raise
+    except (IRError, ValueError) as e:
+        raise RunError(f"unusable workflow: {e}") from e
+    except _MALFORMED as e:
+        raise RunError(f"unusable workflow: malformed IR ({type(e).__name__}: {e})") from e
+    return engine
+
+
+def _prepare_summary(opts: RunOptions) -> None:
+    """Check that the summary file can be written before the run starts (its folder is created)."""
+    if not opts.summary:
+        return
+    p = Path(opts.summary)
+    if p.is_dir():
+        raise RunError(f"--summary {opts.summary!r} is a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _probe_writable(p)
+    except OSError as e:
+        raise RunError(f"--summary {opts.summary!r} cannot be written: {e.strerror or e}") from e
+
+
+def _probe_writable(p: Path) -> None:
+    """OSError unless ``p`` can be opened for writing; nothing is written, and a file this creates is
+    removed again."""
+    existed = p.exists()
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.close(fd)
+    if not existed:
+        p.unlink()
 
 
 def _check_options(engine: Engine, opts: RunOptions) -> None:
@@ -160,12 +221,28 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create the output directory {str(p.parent)!r}: {e.strerror}") from e
+    if opts.input != "-" and p.exists() and _same_file(opts.input, path):
+        raise RunError(f"output {path!r} is the input file: write the output to another file")
+    if p.exists() and not p.is_file():
+        raise RunError(f"output {path!r} is not a regular file")
     if p.exists() and p.stat().st_size > 0 and not (opts.resume or opts.overwrite):
         raise RunError(f"output {path!r} exists: pass --resume to skip the rows already in it, "
                        f"or --overwrite to replace it")
+    try:
+        _probe_writable(p)
+    except OSError as e:
+        raise RunError(f"output {path!r} cannot be written: {e.strerror or e}") from e
 
 
-def _topology(engine: Engine, opts: RunOptions) -> Topology:
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (the same path, a symbolic or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _topology(engine: Engine, opts: RunOptions, namespace: str | None | bool = True) -> Topology:
     roles = {name: int(opts.replicas.get(name, spec.replicas)) for name, spec in engine.agents.items()}
     # the in-cluster sim service hosts only the models that run on it (not openai/vllm services)
     models = sorted({spec.model for spec in engine.agents.values()
@@ -181,8 +258,9 @@ def _topology(engine: Engine, opts: RunOptions) -> Topology:
     if groups:
         n = max(roles.values())
         roles = dict.fromkeys(roles, n)
-    return Topology(prefix, ray.get_runtime_context().namespace, roles, sims, tools, central=central,
-                    groups=groups)
+    if namespace is True:
+        namespace = ray.get_runtime_context().namespace
+    return Topology(prefix, namespace, roles, sims, tools, central=central, groups=groups)
 
 
 def _colocate(engine: Engine, opts: RunOptions, roles: dict[str, int]) -> bool:

@@ -120,6 +120,10 @@ class SandboxResult:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
+MAX_SECONDS = 365 * 24 * 3600.0   # as the checker's (matrixlang/values.py)
+MAX_BYTES = 1024**5
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The enforced subset of a tool spec, validated."""
@@ -148,6 +152,9 @@ class Limits:
             value = getattr(lim, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"tool spec: {name} must be a positive number, got {value!r}")
+            top = MAX_SECONDS if name.endswith("_s") else MAX_BYTES
+            if value > top:
+                raise ValueError(f"tool spec: {name} is {value!r}, more than the sandbox takes ({top:g})")
         return lim
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import ray
 
 from .cluster import Handles, Topology, actor_info, tune_gc
+from .message import ID_DUPLICATE, ID_POSITION, id_key, position_key
 from .store import RefStore
 from .transport import Outbox, spawn, unpack
 
@@ -53,7 +54,7 @@ def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
                 continue                    # a broken whole line: not an output row
             meta = obj.get("_meta") if isinstance(obj, dict) else None
             if isinstance(meta, dict) and "id" in meta:
-                ids.add(_key(meta["id"]))
+                ids.add(meta_key(meta))
     size = p.stat().st_size
     cut = size - good_end
     if cut and repair:
@@ -87,19 +88,20 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _key(row_id: Any) -> Hashable:
-    """Dedup key of a row id (ids are str or int; anything else is keyed by its JSON text)."""
-    if isinstance(row_id, (str, int)) and not isinstance(row_id, bool):
-        return row_id
-    return json.dumps(row_id, sort_keys=True)
+row_key = id_key
 
 
-row_key = _key
+def meta_key(meta: dict) -> Hashable:
+    """The dedup key of an output row from its ``_meta`` (as :attr:`Message.key`): its own id, or its
+    position when its id is the position or a duplicate (rows written before ``id_from``: the id)."""
+    if meta.get("id_from") in (ID_POSITION, ID_DUPLICATE) and isinstance(meta.get("position"), int):
+        return position_key(meta["position"])
+    return id_key(meta.get("id"))
 
 
 def item_key(item: Any) -> Hashable:
     """The row key of an outbox item: a message's row, or the key an item tuple starts with."""
-    return item[0] if isinstance(item, tuple) else row_key(item.id)
+    return item[0] if isinstance(item, tuple) else item.key
 
 
 def _lock(fd: int, path: str, wait_s: float) -> None:
@@ -255,7 +257,7 @@ class Sink:
                     meta = json.loads(raw)["_meta"]
                 except (ValueError, KeyError, TypeError):
                     continue
-                key = _key(meta.get("id"))
+                key = meta_key(meta)
                 if key in want:
                     want.discard(key)
                     usage = (meta.get("usage") or {}).values()

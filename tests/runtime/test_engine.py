@@ -37,7 +37,7 @@ def drive(eng: Engine, raw: Any, script: list[tuple[str, Reply | str]], *, t0: f
 
 def meta(status: str, reason: str | None, steps: int, usage: dict, *, detail: str | None = None,
          wf: Engine, finished: float, admitted: float = 1000.0) -> dict:
-    return {"id": None, "status": status, "reason": reason, "detail": detail, "steps": steps, "attempt": 0,
+    return {"id": None, "position": 0, "id_from": "field", "status": status, "reason": reason, "detail": detail, "steps": steps, "attempt": 0,
             "usage": usage, "timing": {"admitted": admitted, "finished": finished, "elapsed_s": finished - admitted},
             "workflow": {"name": wf.workflow_name, "hash": wf.workflow_hash}}
 

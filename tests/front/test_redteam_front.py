@@ -1,0 +1,73 @@
+"""Issue 11, break 6 (front end): inputs that made `mxc check` fail with an internal error (exit 3)
+or accept what the runtime cannot run. Each is a diagnostic now."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrixlang.checker import check
+from matrixlang.compiler import build_ir, dumps
+from matrixlang.source import Source
+
+BASE = '''workflow w "deep"
+input {{ id: str  x: int  tags: {ty} }}
+model llm {{ backend = "sim" }}
+agent a {{ model = llm  prompt = "{prompt}"  extract v = regex(r"{rx}") }}
+flow {{
+  start -> a
+  a -> end when a.v != null and {guard}
+  a -> fail "no"
+}}
+output {{ id = row.id  y = {out} }}
+'''
+OK = {"ty": "list[str]", "prompt": "hi", "rx": "(a)", "guard": "row.x > 0", "out": "row.x"}
+
+
+def program(**kw) -> str:
+    return BASE.format(**{**OK, **kw})
+
+
+CASES = {
+    "flat sum of 490 terms": (dict(out=" + ".join(["row.x"] * 490)), "E001"),
+    "490 nots": (dict(guard="not " * 490 + "true"), "E001"),
+    "a list 330 deep": (dict(out="[" * 330 + "1" + "]" * 330), "E001"),
+    "list[ 490 deep": (dict(ty="list[" * 490 + "str" + "]" * 490), "E001"),
+    "240 nested ifs": (dict(prompt="{% if true %}" * 240 + "x" + "{% endif %}" * 240), "E027"),
+    "490 nested regex groups": (dict(rx="(" * 490 + "a" + ")" * 490), "E025"),
+    "a{4294967296}": (dict(rx="a{4294967296}"), "E025"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_break6_deep_or_huge_programs_are_diagnostics(name):
+    kw, code = CASES[name]
+    an = check(Source("deep.mx", program(**kw)))
+    codes = [d.code for d in an.diags.items if d.is_error]
+    assert code in codes, [d.message for d in an.diags.items]
+
+
+@pytest.mark.parametrize("kw", [dict(out=" + ".join(["row.x"] * 95)), dict(guard="not " * 94 + "true"),
+                                dict(out="[" * 93 + "1" + "]" * 93), dict(ty="list[" * 95 + "str" + "]" * 95)])
+def test_nesting_under_the_limit_still_compiles(kw):
+    an = check(Source("deep.mx", program(**kw)))
+    assert not [d for d in an.diags.items if d.is_error]
+    dumps(build_ir(an))
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("timeout = 0ms", "more than zero"), ("memory = 0B", "more than zero"),
+    ("memory = 100000000000000000000000000GB", "at most 1 PiB"), ("timeout = 100000h", "at most 365 days"),
+])
+def test_break6_tool_limits_of_zero_or_beyond_the_runtime_are_errors(setting, message):
+    src = f'''workflow w "t"
+input {{ id: str }}
+tool py {{ kind = "python"  {setting} }}
+agent a {{ tool = py  input = "print(1)" }}
+flow {{
+  start -> a
+  a -> end
+}}
+'''
+    an = check(Source("t.mx", src))
+    errs = [d for d in an.diags.items if d.is_error]
+    assert [d.code for d in errs] == ["E018"] and message in errs[0].message
