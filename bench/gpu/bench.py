@@ -16,6 +16,7 @@ OUT/logs_<model>.txt.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -204,7 +205,7 @@ class Bench:
         wl.main(["programs", str(prog), "--model", "bench", "--vllm-model", str(self.dir),
                  "--max-model-len", str(self.a.max_model_len), "--gpu-memory-utilization", str(self.a.gpu_mem)])
         self.prog = prog
-        rows = [json.loads(x) for x in open(self.rows)]
+        rows = [json.loads(x) for x in self.rows.read_text().splitlines()]
         calls = sum(r["turns"] for r in rows)
         out_tokens = sum(wl.max_tokens_of(wl.agent_of(s)) for r in rows for s in range(r["turns"]))
         self.res["config"] = {
@@ -246,8 +247,9 @@ class Bench:
                    "--disable-uvicorn-access-log"]
         for attempt in range(2):
             log("server:", " ".join(cmd))
-            self.server = subprocess.Popen(cmd, stdout=open(logf, "w"), stderr=subprocess.STDOUT,
-                                           env=self.env(), start_new_session=True, cwd=str(self.work))
+            with open(logf, "w") as f:
+                self.server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                               env=self.env(), start_new_session=True, cwd=str(self.work))
             t0 = time.time()
             while time.time() - t0 < min(self.a.server_timeout, self.left() - 10):
                 try:
@@ -349,13 +351,23 @@ class Bench:
             return {"status": "skipped", "why": "SIM=1: no vLLM"}
         self.stop_server()
         out: dict = {}
-        ray = [PY, "-m", "ray.scripts.scripts"]
         tmp = "/tmp/mxray"
-        self.run("ray-start", [*ray, "start", "--head", "--port", "6390", "--disable-usage-stats",
-                               f"--temp-dir={tmp}"], 120)
+        # `ray start --block` in a session of its own: stopping its group stops what it started and
+        # nothing else (`ray stop` would end every Ray process of the machine).
+        rlog = self.work / "ray-head.log"
+        with open(rlog, "w") as f:
+            head = subprocess.Popen([PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", "6390",
+                                     "--disable-usage-stats", f"--temp-dir={tmp}"], stdout=f,
+                                    stderr=subprocess.STDOUT, env=self.env(), cwd=str(self.work), start_new_session=True)
         env = self.env(RAY_ADDRESS="127.0.0.1:6390")
+        prog = self.prog / "bench_vllm.json"
         try:
-            prog = self.prog / "bench_vllm.json"
+            t0 = time.time()
+            while "Ray runtime started" not in rlog.read_text(errors="replace"):
+                if head.poll() is not None or time.time() - t0 > 120:
+                    raise RuntimeError("ray start --head failed (see logs)")
+                time.sleep(1)
+            out["ray_start_s"] = round(time.time() - t0, 1)
             eng = [f"--engine-arg=enforce_eager={'true' if self.a.eager else 'false'}",
                    f"--engine-arg=max_num_seqs={self.a.max_num_seqs}"]
             if self.model == "llama8b":
@@ -371,16 +383,24 @@ class Bench:
             out.update(self.mxc_run_env(env, "serve-run", prog, self.rows, self.work / "mxc_serve.jsonl"))
             out["run_wall_s"] = round(time.time() - t0, 1)
             if self.model == "smol" and "real" in self.a.phases and self.left() > 60:
-                out["real_coral"] = self.real_through_serve(env)
+                try:
+                    out["real_coral"] = self.real_through_serve(env)
+                except Exception as e:  # noqa: BLE001 - the benchmark's figures stand
+                    out["real_coral"] = {"status": "failed", "why": f"{type(e).__name__}: {e}"[:500]}
         finally:
-            try:
-                self.run("serve-shutdown", [PY, "-m", "matrixlang", "serve", str(self.prog / "bench_vllm.json"),
-                                            "--address", "127.0.0.1:6390", "--shutdown"], 60, env=env)
-            except Exception:  # noqa: BLE001 - ray stop follows
-                pass
-            self.run("ray-stop", [*ray, "stop", "--force"], 60)
+            self.note_log("ray-head", rlog, 15)
             for f in sorted(Path(tmp).glob("session_latest/logs/serve/*.log"))[-3:]:
                 self.note_log("serve " + f.name, f, 30)
+            if head.poll() is None:
+                if self.left() > 40:
+                    with contextlib.suppress(Exception):  # the head's stop follows
+                        self.run("serve-shutdown", [PY, "-m", "matrixlang", "serve", str(prog), "--address",
+                                                    "127.0.0.1:6390", "--shutdown"], 30, env=env)
+                os.killpg(head.pid, signal.SIGTERM)
+                try:
+                    head.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(head.pid, signal.SIGKILL)
         return out
 
     def mxc_run_env(self, env: dict, name: str, prog: Path, rows: Path, output: Path) -> dict:
@@ -416,8 +436,8 @@ class Bench:
     def real_through_serve(self, env: dict) -> dict:
         """coral.mx on the Serve backend: its model turned into the deployed one (same application name)."""
         import real_text
-        mx = real_text.coral_on_serve(ROOT / "workflows" / "coral.mx", self.work / "coral_serve.mx", self.dir,
-                                      self.a.max_model_len, self.a.gpu_mem)
+        mx = real_text.on_serve(ROOT / "workflows" / "coral.mx", self.work / "coral_serve.mx", self.dir,
+                                max_model_len=self.a.max_model_len, gpu_mem=self.a.gpu_mem, workflow_name="gpubench")
         rows = self.work / "real_coral.jsonl"
         real_text.replicate(ROOT / "workflows" / "data" / "coral.jsonl", rows, self.a.real_copies)
         out = self.work / "real_coral_serve.out.jsonl"
@@ -434,6 +454,7 @@ class Bench:
             self.res["env"]["vllm"] = f"absent ({type(e).__name__})"
         try:
             import ray
+
             import matrixlang
             self.res["env"].update(ray=ray.__version__, matrixlang=matrixlang.__version__)
         except Exception as e:  # noqa: BLE001

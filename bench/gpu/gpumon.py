@@ -42,7 +42,8 @@ def window(path: str, t0: float, t1: float) -> dict:
             for line in f:
                 t, _, u, m = (float(x) for x in line.split(","))
                 if t0 <= t <= t1:
-                    util.append(u); mem.append(m)
+                    util.append(u)
+                    mem.append(m)
     except FileNotFoundError:
         pass
     if not util:
@@ -55,7 +56,8 @@ def window(path: str, t0: float, t1: float) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("csv"); ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("csv")
+    ap.add_argument("--interval", type=float, default=0.5)
     a = ap.parse_args()
     read = sampler()
     if read is None:

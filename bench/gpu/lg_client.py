@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output")
     ap.add_argument("--max-in-flight", type=int, default=2048)
     a = ap.parse_args(argv)
-    rows = [json.loads(x) for x in open(a.rows) if x.strip()]
+    rows = [json.loads(x) for x in Path(a.rows).read_text().splitlines() if x.strip()]
     res = asyncio.run(run(a.url, a.model, rows, a.max_in_flight, Path(a.output) if a.output else None))
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "error_samples"}))

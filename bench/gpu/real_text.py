@@ -90,17 +90,25 @@ def samples(out: Path, n: int = 2, chars: int = 400) -> list[dict]:
             for r in rows]
 
 
-def coral_on_serve(src: Path, dst: Path, model_dir: Path, max_model_len: int, gpu_mem: float,
-                   workflow_name: str = "gpubench") -> Path:
-    """coral.mx with its model on the `vllm` backend (model_dir), renamed `workflow_name` so that its
-    Serve application (mx-<workflow>-<model>) is the one the benchmark deployed."""
+def on_serve(src: Path, dst: Path, model_dir: Path, *, max_model_len: int = 4096, gpu_mem: float | None = None,
+             dtype: str = "bfloat16", workflow_name: str | None = None) -> Path:
+    """An example workflow (coral.mx, debate.mx: one `model llm` block on the openai backend) moved to the
+    `vllm` backend with `model_dir`; its sampling keys are kept. `workflow_name` renames the workflow,
+    so that several programs share one Serve application (mx-<workflow>-<model>)."""
     text = Path(src).read_text()
-    block = re.search(r"model llm \{.*?\n\}", text, re.S)
-    assert block, "coral.mx: no `model llm` block"
-    new = (f'model llm {{\n  backend = "vllm"\n  name = "{model_dir}"\n  max_model_len = {max_model_len}\n'
-           f'  dtype = "bfloat16"\n  gpu_memory_utilization = {gpu_mem}\n  temperature = 0.7\n  max_tokens = 512\n}}')
-    text = text[:block.start()] + new + text[block.end():]
-    text = re.sub(r"^workflow coral ", f"workflow {workflow_name} ", text, count=1, flags=re.M)
+    block = re.search(r"^model llm \{.*?^\}", text, re.S | re.M)
+    assert block, f"{src}: no `model llm` block"
+    body = block.group(0)
+    body = re.sub(r'backend = "openai"', 'backend = "vllm"', body)
+    body = re.sub(r'name = "[^"]*"', f'name = "{model_dir}"', body)
+    body = re.sub(r"\n\s*url = [^\n]*", "", body)
+    keys = f'  max_model_len = {max_model_len}\n  dtype = "{dtype}"\n'
+    if gpu_mem is not None:
+        keys += f"  gpu_memory_utilization = {gpu_mem}\n"
+    body = body[:-1] + keys + "}"
+    text = text[:block.start()] + body + text[block.end():]
+    if workflow_name:
+        text = re.sub(r"^workflow \w+ ", f"workflow {workflow_name} ", text, count=1, flags=re.M)
     Path(dst).write_text(text)
     return Path(dst)
 

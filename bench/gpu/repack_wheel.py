@@ -1,10 +1,19 @@
 """Repack a wheel, stored (uncompressed: xz packs the bundle far better) and without the members that
 match --drop patterns; RECORD is rewritten to match.
 usage: repack_wheel.py IN.whl OUT_DIR [--drop REGEX ...]"""
-import argparse, base64, csv, hashlib, io, os, re, zipfile
+import argparse
+import base64
+import csv
+import hashlib
+import io
+import os
+import re
+import zipfile
 
 ap = argparse.ArgumentParser()
-ap.add_argument("src"); ap.add_argument("outdir"); ap.add_argument("--drop", nargs="*", default=[])
+ap.add_argument("src")
+ap.add_argument("outdir")
+ap.add_argument("--drop", nargs="*", default=[])
 a = ap.parse_args()
 zin = zipfile.ZipFile(a.src)
 os.makedirs(a.outdir, exist_ok=True)
@@ -25,7 +34,9 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
         h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         rows.append((i.filename, "sha256=" + h, str(len(data))))
     rows.append((rec, "", ""))
-    buf = io.StringIO(); csv.writer(buf, lineterminator="\n").writerows(rows)
-    zi = zipfile.ZipInfo(rec, date_time=(2026, 1, 1, 0, 0, 0)); zi.external_attr = 0o644 << 16
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    zi = zipfile.ZipInfo(rec, date_time=(2026, 1, 1, 0, 0, 0))
+    zi.external_attr = 0o644 << 16
     zout.writestr(zi, buf.getvalue(), compress_type=zipfile.ZIP_STORED)
 print(os.path.basename(out), os.path.getsize(out), "removed %.1f MiB" % (removed / 2**20))

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", action="append", default=[], help="offline: KEY=VALUE (JSON value)")
     a = ap.parse_args(argv)
     if a.mode == "direct":
-        rows = [json.loads(x) for x in open(a.rows) if x.strip()]
+        rows = [json.loads(x) for x in Path(a.rows).read_text().splitlines() if x.strip()]
         res = asyncio.run(direct(a.url, a.model, rows, a.max_in_flight,
                                  Path(a.direct_output) if a.direct_output else None))
     else:

@@ -35,10 +35,7 @@ TEACHER_SYSTEM = "You lead a discussion about: {{ row.topic }}. Reason step by s
 STUDENT_SYSTEM = "You question your partner about: {{ row.topic }}. Point out one weakness, then agree or disagree."
 TEACHER_PROMPT = "{{ 'Begin.' if turns == 0 else 'Continue.' }}"
 
-WORDS = ("energy grid storage market policy river city school model data signal ocean forest carbon "
-         "price labour trade health vaccine climate rain soil crop water transport rail road bridge port "
-         "language history court law vote budget tax debt bank credit loan risk insurance software network "
-         "protocol cache memory kernel compiler theorem proof prime graph matrix vector tensor gradient").split()
+WORDS = ["energy", "grid", "storage", "market", "policy", "river", "city", "school", "model", "data", "signal", "ocean", "forest", "carbon", "price", "labour", "trade", "health", "vaccine", "climate", "rain", "soil", "crop", "water", "transport", "rail", "road", "bridge", "port", "language", "history", "court", "law", "vote", "budget", "tax", "debt", "bank", "credit", "loan", "risk", "insurance", "software", "network", "protocol", "cache", "memory", "kernel", "compiler", "theorem", "proof", "prime", "graph", "matrix", "vector", "tensor", "gradient"]
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
@@ -181,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("rows")
-    r.add_argument("n", type=int); r.add_argument("out"); r.add_argument("--seed", type=int, default=0)
+    r.add_argument("n", type=int)
+    r.add_argument("out")
+    r.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("programs")
-    p.add_argument("dir"); p.add_argument("--model", required=True, help="served model name (openai)")
+    p.add_argument("dir")
+    p.add_argument("--model", required=True, help="served model name (openai)")
     p.add_argument("--vllm-model", help="model directory for the vllm (Ray Serve) backend")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
