@@ -89,7 +89,8 @@ class Bench:
 
     def env(self, **extra) -> dict:
         e = dict(os.environ)
-        e.update({"LLM_URL": URL, "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in extra.items()}})
+        e.update({"LLM_URL": URL, "PYTHONUNBUFFERED": "1", "RAY_raylet_start_wait_time_s": "120",
+                  **{k: str(v) for k, v in extra.items()}})
         return e
 
     def run(self, name: str, cmd: list[str], limit: float, **kw) -> subprocess.CompletedProcess:
@@ -289,6 +290,8 @@ class Bench:
         cmd = [PY, "-m", "matrixlang", "run", str(prog), "-i", str(rows), "-o", str(output), "--overwrite",
                "--summary", str(summary), "--progress", "plain", "--max-in-flight", str(self.a.max_in_flight), *extra]
         p = self.run(name, cmd, limit)
+        if not summary.is_file() and "timed out during startup" in (self.work / f"{name}.log").read_text(errors="replace"):
+            p = self.run(name, cmd, limit)  # Ray's node start timed out (a loaded machine): once more
         if not summary.is_file():
             raise RuntimeError(f"mxc run exited {p.returncode} without a summary")
         s = json.loads(summary.read_text())
