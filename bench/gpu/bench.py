@@ -288,7 +288,8 @@ class Bench:
     def mxc_run(self, name: str, prog: Path, rows: Path, output: Path, limit: float, *extra: str) -> dict:
         summary = self.work / f"{name}.summary.json"
         cmd = [PY, "-m", "matrixlang", "run", str(prog), "-i", str(rows), "-o", str(output), "--overwrite",
-               "--summary", str(summary), "--progress", "plain", "--max-in-flight", str(self.a.max_in_flight), *extra]
+               "--summary", str(summary), "--progress", "plain", "--max-in-flight", str(self.a.max_in_flight),
+               *self.a.mxc_arg, *extra]
         p = self.run(name, cmd, limit)
         if not summary.is_file() and "timed out during startup" in (self.work / f"{name}.log").read_text(errors="replace"):
             p = self.run(name, cmd, limit)  # Ray's node start timed out (a loaded machine): once more
@@ -410,7 +411,7 @@ class Bench:
         summary = self.work / f"{name}.summary.json"
         cmd = [PY, "-m", "matrixlang", "run", str(prog), "-i", str(rows), "-o", str(output), "--overwrite",
                "--summary", str(summary), "--progress", "plain", "--max-in-flight", str(self.a.max_in_flight),
-               "--address", env["RAY_ADDRESS"]]
+               "--address", env["RAY_ADDRESS"], *self.a.mxc_arg]
         p = self.run(name, cmd, self.a.run_timeout, env=env)
         if not summary.is_file():
             raise RuntimeError(f"mxc run exited {p.returncode} without a summary")
@@ -511,10 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-copies", type=int, default=5, help="copies of the sample rows for the real-text runs")
     ap.add_argument("--max-in-flight", type=int, default=2048)
     ap.add_argument("--max-num-seqs", type=int, default=512)
-    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--eager", type=int, default=1, help="1: --enforce-eager (no CUDA graphs; faster start)")
     ap.add_argument("--phases", default=",".join(ALL_PHASES))
+    ap.add_argument("--mxc-arg", action="append", default=[], help="extra `mxc run` argument (repeatable), "
+                    "e.g. --mxc-arg=--replicas --mxc-arg=teacher=2")
     ap.add_argument("--deadline", type=float, default=560, help="seconds this script may take")
     ap.add_argument("--server-timeout", type=float, default=240)
     ap.add_argument("--run-timeout", type=float, default=150)

@@ -40,7 +40,7 @@ MODEL = Path(os.environ.get("MX_REAL_MODEL", Path.home() / ".cache" / "matrixlan
 ROWS = int(os.environ.get("MX_REAL_ROWS", "3"))
 SERVED_AS = "meta-llama/Llama-3.1-8B-Instruct"  # the name coral.mx and debate.mx send
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 8192  # SmolLM2's own; a conversation that outgrows it ends its row as model_error
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,9 +57,13 @@ def mxc(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess
 
 
 def compile_file(path: Path) -> dict:
+    """The program's IR, with time limits fit for a 135M model on two shared CPU cores (a call of 512
+    tokens can take minutes there); nothing else changes."""
     r = mxc("compile", str(path))
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    ir = json.loads(r.stdout)
+    ir["limits"].update(call_timeout_s=900.0, row_timeout_s=3600.0)
+    return ir
 
 
 def run_rows(ir: dict, workflow: str, tmp: Path, run_id: str) -> tuple[Path, dict]:
@@ -83,9 +87,12 @@ def check_and_report(workflow: str, out: Path, summary: dict, path: str) -> dict
     assert len(rows) == ROWS and len({r["_meta"]["id"] for r in rows}) == ROWS
     for r in rows:
         meta = r["_meta"]
-        # no row errs: they end ok or by the workflow's own fail transitions
-        assert meta["status"] in ("ok", "failed"), meta
-        assert meta["reason"] in (None, "no_agreement", "undecided"), meta
+        # rows end ok, by the workflow's own fail transitions, or (a real model's way) when the
+        # conversation outgrows the context: vLLM refuses the prompt, the row is model_error
+        assert meta["status"] in ("ok", "failed", "error"), meta
+        assert meta["reason"] in (None, "no_agreement", "undecided", "model_error"), meta
+        if meta["reason"] == "model_error":
+            assert "maximum context length" in meta["detail"] or "max_model_len" in meta["detail"], meta
         assert r["transcript"], meta
         for h in r["transcript"]:
             assert len(WORD.findall(h["text"])) >= 2, h  # real words, not token soup or empty
