@@ -472,6 +472,8 @@ class Bench:
             self.stop_server()
             if self.mon and self.mon.poll() is None:
                 self.mon.terminate()
+            if self.gpu_csv.is_file():
+                shutil.copy(self.gpu_csv, self.out / f"gpu_{self.model}.csv")
             self.res["summary"] = summarise(self.res)
             self.res["finished"] = time.time()
             self.save()
