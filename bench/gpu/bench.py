@@ -300,7 +300,7 @@ class Bench:
         if not summary.is_file():
             raise RuntimeError(f"mxc run exited {p.returncode} without a summary")
         s = json.loads(summary.read_text())
-        keep = ("rows", "by_status", "by_reason", "elapsed_s", "rows_per_s", "tokens", "prompt_tokens", "tokens_per_s",
+        keep = ("rows", "by_status", "by_reason", "elapsed_s", "wall_s", "rows_per_s", "tokens", "prompt_tokens", "tokens_per_s",
                 "steps", "peak_in_flight", "max_in_flight", "colocated", "agents")
         return {"exit": p.returncode, "summary": {k: s.get(k) for k in keep},
                 "output_tokens_per_s": s.get("tokens_per_s")}
@@ -420,7 +420,7 @@ class Bench:
         if not summary.is_file():
             raise RuntimeError(f"mxc run exited {p.returncode} without a summary")
         s = json.loads(summary.read_text())
-        keep = ("rows", "by_status", "by_reason", "elapsed_s", "tokens", "prompt_tokens", "tokens_per_s", "steps",
+        keep = ("rows", "by_status", "by_reason", "elapsed_s", "wall_s", "tokens", "prompt_tokens", "tokens_per_s", "steps",
                 "peak_in_flight")
         return {"exit": p.returncode, "summary": {k: s.get(k) for k in keep}, "output_tokens_per_s": s.get("tokens_per_s")}
 
