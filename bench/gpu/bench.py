@@ -362,12 +362,15 @@ class Bench:
         tmp = "/tmp/mxray"
         # `ray start --block` in a session of its own: stopping its group stops what it started and
         # nothing else (`ray stop` would end every Ray process of the machine).
+        # A private cluster on the loopback: no token authentication (Ray 2.60 turns it on, and the head
+        # and its clients would have to agree on ~/.ray/auth_token, which other clusters may rewrite).
         rlog = self.work / "ray-head.log"
         with open(rlog, "w") as f:
             head = subprocess.Popen([PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", "6390",
                                      "--disable-usage-stats", f"--temp-dir={tmp}"], stdout=f,
-                                    stderr=subprocess.STDOUT, env=self.env(), cwd=str(self.work), start_new_session=True)
-        env = self.env(RAY_ADDRESS="127.0.0.1:6390")
+                                    stderr=subprocess.STDOUT, env=self.env(RAY_AUTH_MODE="disabled"),
+                                    cwd=str(self.work), start_new_session=True)
+        env = self.env(RAY_ADDRESS="127.0.0.1:6390", RAY_AUTH_MODE="disabled")
         prog = self.prog / "bench_vllm.json"
         try:
             t0 = time.time()
