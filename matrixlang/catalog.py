@@ -43,6 +43,10 @@ SAMPLING = {
     "seed": Key("int", doc="sampling seed sent to the server"),
     "presence_penalty": Key("number", doc=""),
     "frequency_penalty": Key("number", doc=""),
+    # vLLM's extensions (OpenAI-compatible servers that lack them refuse or ignore them): a fixed
+    # reply length for benchmarks, `max_tokens` with `ignore_eos = true` (bench/gpu, docs/gpu.md).
+    "ignore_eos": Key("bool", doc="keep generating past the end-of-sequence token (vLLM)"),
+    "min_tokens": Key("int", 0, doc="generate at least this many tokens (vLLM)"),
 }
 
 MODEL = {

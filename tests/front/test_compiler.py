@@ -190,3 +190,12 @@ def test_warnings_do_not_stop_compilation() -> None:
     ir, an = compile_source(Source("w.mx", BASE.replace("output {", 'model spare { backend = "sim" }\noutput {')))
     assert [d.code for d in an.diags.items] == ["W004"] and ir is not None
     assert build_ir(an) == ir
+
+
+def test_vllm_sampling_extensions_reach_the_params() -> None:
+    ir = ir_of('workflow t "x"\ninput { id: str }\n'
+               'model llm { backend = "openai"  name = "m"  url = "http://h:1/v1"  max_tokens = 8  ignore_eos = true }\n'
+               'agent a { model = llm  system = "s"  params { min_tokens = 8  ignore_eos = false } }\n'
+               'flow { start -> a  a -> end }\noutput { id = row.id }\n')
+    assert ir["models"]["llm"]["params"] == {"max_tokens": 8, "ignore_eos": True}
+    assert ir["agents"]["a"]["params"] == {"min_tokens": 8, "ignore_eos": False}
