@@ -68,6 +68,7 @@ MAX_STEPS = 40
 ROW_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 120.0
 RETRIES = 3
+OUTAGE_WAIT_S = 300.0       # a call waits out an outage of every endpoint of its model this long
 ROW_ATTEMPTS = 3
 LIMIT_DEFAULTS = {"max_steps": MAX_STEPS, "row_timeout_s": ROW_TIMEOUT_S, "call_timeout_s": CALL_TIMEOUT_S,
                   "retries": RETRIES, "row_attempts": ROW_ATTEMPTS}

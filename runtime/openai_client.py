@@ -45,7 +45,7 @@ import aiohttp
 
 from .endpoints import Endpoint, EndpointPool, display_url
 from .engine import LLMCall, Reply
-from .names import CALL_TIMEOUT_S, RETRIES
+from .names import CALL_TIMEOUT_S, OUTAGE_WAIT_S, RETRIES
 
 log = logging.getLogger("matrixlang.runtime.openai")
 
@@ -116,6 +116,7 @@ class OpenAIModel:
     retries: int = RETRIES
     sim_hints: bool = False                # send "mx_sim" (every endpoint is an mxc sim-server)
     api: str = "chat"                      # "chat": POST /chat/completions; "completions": POST /completions
+    outage_wait_s: float = OUTAGE_WAIT_S  # waiting while every endpoint is down uses no attempt, this long
     backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
     max_backoff_s: float = 8.0
     failure_threshold: int = 3
@@ -132,12 +133,15 @@ class ClientStats:
     attempts: int = 0
     retries: int = 0
     retry_after: int = 0                   # retries that waited for the server's Retry-After
+    outage_waits: int = 0                  # waits while every endpoint was down (no attempt used)
+    outage_s: float = 0.0                  # seconds spent in those waits, all calls together
     errors: dict[str, int] = field(default_factory=dict)   # attempt failure kinds
     sleeps: list[float] = field(default_factory=list)      # the last 1000 retry delays (seconds)
 
     def as_dict(self) -> dict:
         return {"calls": self.calls, "ok": self.ok, "failed": self.failed, "attempts": self.attempts,
-                "retries": self.retries, "retry_after": self.retry_after, "errors": dict(self.errors),
+                "retries": self.retries, "retry_after": self.retry_after, "outage_waits": self.outage_waits,
+                "outage_s": round(self.outage_s, 3), "errors": dict(self.errors),
                 "sleeps": list(self.sleeps)}
 
 
@@ -306,6 +310,8 @@ class OpenAIClient:
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.rng = rng or random.Random()
         self.stats = ClientStats()
+        self._up = False                       # some endpoint has answered a call
+        self._down_since: float | None = None  # every endpoint down since (the pool's clock)
 
     def __repr__(self) -> str:
         return f"OpenAIClient(model={self.spec.model!r}, urls={[e.shown for e in self.pool.endpoints]})"
@@ -350,7 +356,9 @@ class OpenAIClient:
         tried: list[Endpoint] = []
         last = "no attempt"
         attempts = self.spec.retries + 1
-        for attempt in range(attempts):
+        attempt = 0
+        waited = 0.0                             # in an outage of every endpoint
+        while True:
             ep = self.pool.pick(key, tried if len(tried) < len(self.pool) else ())
             self.pool.begin(ep)
             st.attempts += 1
@@ -372,17 +380,48 @@ class OpenAIClient:
                 self.pool.end(ep, health)
             if health is True:
                 st.ok += 1
+                self._up, self._down_since = True, None
                 return reply
             last = f"{retry.detail} from {ep.shown}"
             kind = retry.detail.split(":", 1)[0]
             st.errors[kind] = st.errors.get(kind, 0) + 1
             if ep not in tried:
                 tried.append(ep)
-            if attempt + 1 < attempts:
-                await self._sleep(attempt, retry.retry_after)
+            if health is False and self._outage():
+                # every endpoint of a service that was up is down: wait for the first to come back,
+                # keeping the call's attempts for failures of a live service (the row stays in flight,
+                # so no new row is admitted meanwhile)
+                delay = self._outage_delay()
+                waited += delay
+                st.outage_waits += 1
+                st.outage_s += delay
+                tried.clear()
+                await asyncio.sleep(delay)
+                continue
+            attempt += 1
+            if attempt >= attempts:
+                break
+            await self._sleep(attempt - 1, retry.retry_after)
         st.failed += 1
-        raise ModelCallError(self.spec.model, self._clean(f"{attempts} attempt{'s' * (attempts != 1)} failed; "
+        down = f" (every endpoint down, waited {waited:.0f}s)" if waited else ""
+        raise ModelCallError(self.spec.model, self._clean(f"{attempts} attempt{'s' * (attempts != 1)} failed{down}; "
                                                           f"last: {last}"), attempts, True)
+
+    def _outage(self) -> bool:
+        """Whether every endpoint is down after having served (a service that never answered fails
+        fast), for less than ``outage_wait_s`` so far (a longer outage fails calls fast again)."""
+        if not self._up or self.pool.healthy():
+            return False
+        now = self.pool.clock()
+        if self._down_since is None:
+            self._down_since = now
+        return now - self._down_since < self.spec.outage_wait_s
+
+    def _outage_delay(self) -> float:
+        """Until the first endpoint's breaker lets a trial through, at least the first backoff, jittered."""
+        soonest = min(e.open_until for e in self.pool.endpoints) - self.pool.clock()
+        base = max(soonest, self.spec.backoff_s)
+        return base + self.rng.uniform(0, self.spec.backoff_s)
 
     async def _sleep(self, attempt: int, retry_after: float | None) -> None:
         st = self.stats

@@ -105,6 +105,8 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
         t.add_row(f"    {reason}", str(n))
     if summary.get("skipped_done"):
         t.add_row("skipped (already in output)", str(summary["skipped_done"]))
+    if summary.get("retried_errors"):
+        t.add_row("run again (were errors)", str(summary["retried_errors"]))
     if summary.get("duplicate_ids"):
         t.add_row("duplicate ids (written failed)", str(summary["duplicate_ids"]))
     if summary.get("readmitted") or summary.get("lost"):

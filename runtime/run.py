@@ -29,7 +29,7 @@ from .ir import IRError, load_ir
 from .names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS
 from .progress import RunProgress, count_rows, percentile, print_summary
 from .simservice import SimService
-from .sink import Sink
+from .sink import OutputLocked, Sink, drop_rows
 
 
 class RunError(Exception):
@@ -58,6 +58,8 @@ class RunOptions:
     orchestrator: str = "p2p"             # "p2p" | "central"
     seed: int = 0
     resume: bool = False
+    retry_errors: bool = False            # with resume: rows written with status error run again
+    retried_errors: int = 0               # set by the run: error rows removed from the output to re-run
     overwrite: bool = False
     summary: str | None = None            # write the summary JSON here
     limit: int | None = None
@@ -193,6 +195,8 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError(f"--schedule must be row or batch, got {opts.schedule!r}")
     if opts.orchestrator not in ("p2p", "central"):
         raise RunError(f"--orchestrator must be p2p or central, got {opts.orchestrator!r}")
+    if opts.retry_errors and not opts.resume:
+        raise RunError("--retry-errors goes with --resume")
     if opts.colocate not in ("auto", "all", "none"):
         raise RunError(f"--colocate must be auto, all or none, got {opts.colocate!r}")
     if opts.max_in_flight < 1:
@@ -232,6 +236,13 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
         _probe_writable(p)
     except OSError as e:
         raise RunError(f"output {path!r} cannot be written: {e.strerror or e}") from e
+    if opts.retry_errors:
+        try:
+            opts.retried_errors = drop_rows(path, "error")
+        except OutputLocked:
+            raise RunError(f"output {path!r} is being written by another run") from None
+        except OSError as e:
+            raise RunError(f"output {path!r} cannot be rewritten for --retry-errors: {e.strerror or e}") from e
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -402,6 +413,7 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
         "colocated": topo.groups,
         "backend": opts.backend, "agents": agents,
         "skipped_done": res.skipped_done, "duplicate_ids": res.duplicate_ids, "input_rows": res.input_rows,
+        "retried_errors": opts.retried_errors,
         "readmitted": res.readmitted, "lost": res.lost, "actor_restarts": res.deaths, "lost_scans": res.scans,
         "transport": {"coalesce": opts.coalesce, "calls": batches, "items": items, "max_batch": max_batch,
                       "mean_batch": items / batches if batches else 0.0},

@@ -63,6 +63,39 @@ def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
     return ids, cut
 
 
+def drop_rows(path: str | Path, status: str, lock_wait_s: float = 30.0) -> int:
+    """Remove the output rows with ``_meta.status == status`` from an output file, so that ``--resume``
+    runs them again (``--retry-errors``): a streamed copy, fsynced, then renamed over the file, under the
+    output's lock. A torn last line is dropped too. Returns the number of rows removed."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    tmp = p.with_name(p.name + ".retry.tmp")
+    dropped = 0
+    fd = os.open(p, os.O_RDWR)
+    _lock(fd, str(p), lock_wait_s)             # (a previous run's sink may still be exiting); closes fd on failure
+    try:
+        with p.open("rb") as src, tmp.open("wb") as dst:
+            for raw in src:
+                if not raw.endswith(b"\n"):
+                    break                           # torn: never completed
+                try:
+                    meta = json.loads(raw).get("_meta")
+                except (ValueError, AttributeError):
+                    meta = None
+                if isinstance(meta, dict) and meta.get("status") == status:
+                    dropped += 1
+                    continue
+                dst.write(raw)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, p)
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    return dropped
+
+
 def encode_line(row: dict) -> bytes:
     """One output line: JSON, UTF-8, newline-terminated. A number that JSON cannot hold (NaN, ±Infinity)
     is written as ``null``; a string holding a lone surrogate (a model's reply may) is written with

@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="p2p: agents route messages themselves (default); central: through one coordinator")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated replies (0)")
     p.add_argument("--resume", action="store_true", help="skip rows whose id is already in the output")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: run again the rows written with status error (model, tool or "
+                        "runtime errors, e.g. after an outage); their old lines are removed first")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--summary", metavar="S.json", help="write the run summary as JSON")
     p.add_argument("--limit", type=int, metavar="N", help="run only the first N input rows")
@@ -98,6 +101,7 @@ def run(args) -> int:
     opts = RunOptions(
         input=args.input, output=args.output, backend=args.backend, max_in_flight=args.max_in_flight,
         schedule=args.schedule, orchestrator=args.orchestrator, seed=args.seed, resume=args.resume,
+        retry_errors=args.retry_errors,
         overwrite=args.overwrite, summary=args.summary, limit=args.limit,
         offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
         progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id,

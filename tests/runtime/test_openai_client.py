@@ -370,3 +370,43 @@ def test_a_server_killed_mid_run_is_taken_out_and_calls_still_succeed():
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_an_outage_of_every_endpoint_is_waited_out_without_using_attempts():
+    """Issue 11, break 8: the only server of a model dies for ~3 s mid-run. Calls made during the outage
+    wait for it to come back (they used to burn their retries within a second and end as model_error);
+    a server that never answered still fails fast."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--ttft", "0", "--per-token", "0", "--port", str(port)]
+    a = SimServerProcess(args).start()
+    try:
+        async def main():
+            c = OpenAIClient(spec([a.url], retries=2, backoff_s=0.05, cooldown_s=0.5, outage_wait_s=30.0))
+            await asyncio.gather(*(c.chat(MSGS, key=i) for i in range(10)))        # the service is up
+            a.stop()
+            loop = asyncio.get_running_loop()
+            calls = [asyncio.ensure_future(c.chat([{"role": "user", "content": f"y{i}"}], key=i)) for i in range(30)]
+            await asyncio.sleep(3.0)
+            await loop.run_in_executor(None, a.start)                              # back on the same port
+            replies = await asyncio.gather(*calls)
+            await close_shared_session()
+            return replies, c.stats
+
+        replies, st = asyncio.run(main())
+        assert len(replies) == 30 and all(r.text for r in replies)
+        assert st.failed == 0 and st.outage_waits > 0 and st.outage_s >= 1.0
+    finally:
+        a.stop()
+
+    async def never_up():
+        c = OpenAIClient(spec([dead_url()], retries=2, backoff_s=0.01, outage_wait_s=30.0))
+        try:
+            with pytest.raises(ModelCallError, match="3 attempts failed"):
+                await asyncio.wait_for(c.chat(MSGS), 10.0)
+        finally:
+            await close_shared_session()
+        return c.stats
+
+    assert asyncio.run(never_up()).outage_waits == 0

@@ -87,3 +87,27 @@ def ids_in_lenient(path: Path) -> list:
     for line in path.read_text().split("\n")[:-1]:
         out.append(json.loads(line)["_meta"]["id"])
     return out
+
+
+def test_resume_with_retry_errors_runs_the_error_rows_again_once(ray_local, tmp_path):
+    """Issue 11, break 8: rows that ended as `error` (an outage) are not skipped by --resume --retry-errors."""
+    inp, out = coral_input(tmp_path / "in.jsonl", 12), tmp_path / "out.jsonl"
+    run(F.coral(), opts(inp, out))
+    lines = out.read_text().splitlines()
+    failed = set()
+    for i in (2, 5, 9):                       # as if a model had been down for these rows
+        row = json.loads(lines[i])
+        row["_meta"].update(status="error", reason="model_error", detail="model 'llm': connection refused")
+        failed.add(row["_meta"]["id"])
+        lines[i] = json.dumps(row)
+    out.write_text("\n".join(lines) + "\n" + '{"torn": ')
+    with pytest.raises(RunError, match="--retry-errors goes with --resume"):
+        run(F.coral(), opts(inp, out, retry_errors=True))
+    plain = run(F.coral(), opts(inp, out, resume=True))            # without it, errors stay as they are
+    assert plain["rows"] == 0 and plain["skipped_done"] == 12
+    s = run(F.coral(), opts(inp, out, resume=True, retry_errors=True))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["_meta"]["id"] for r in rows) == sorted(f"q{i}" for i in range(12))   # each once
+    assert all(r["_meta"]["status"] != "error" for r in rows)
+    assert s["retried_errors"] == 3 and s["rows"] == 3 and s["skipped_done"] == 9
+    assert {r["_meta"]["id"] for r in rows[-3:]} == failed
