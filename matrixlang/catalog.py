@@ -33,6 +33,7 @@ class Key:
     min: float | None = None
     backends: tuple[str, ...] = ()  # models: the backends this key applies to (empty: all)
     doc: str = ""
+    zero: bool = False              # durations and sizes: zero is a value (a simulated latency)
 
 
 SAMPLING = {
@@ -69,8 +70,8 @@ MODEL = {
     "dtype": Key("str", backends=("vllm",)),
     # The simulator's settings apply to every backend: they describe the stand-in `--backend sim` uses.
     "tokens": Key("range", 1, doc="reply length in tokens (simulator)"),
-    "ttft": Key("duration", 0, doc="time to first token (simulator)"),
-    "per_token": Key("duration", 0, doc="decode time per token (simulator)"),
+    "ttft": Key("duration", 0, doc="time to first token (simulator)", zero=True),
+    "per_token": Key("duration", 0, doc="decode time per token (simulator)", zero=True),
     **SAMPLING,
 }
 BACKENDS = ("openai", "vllm", "sim")

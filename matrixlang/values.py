@@ -52,7 +52,10 @@ MAX_SECONDS = 365 * 24 * 3600.0   # durations: the runtime's timers and the sand
 MAX_BYTES = 1024**5               # sizes (the sandbox's address-space limit must fit its kernel's)
 
 
-def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: str) -> float | None:
+def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: str,
+             allow_zero: bool = False) -> float | None:
+    """The value of a duration or size in seconds or bytes; zero only where ``allow_zero`` (a simulated
+    latency may be zero, a timeout or a limit may not)."""
     num, unit = e.value
     if unit not in units:
         other = DURATION_UNITS if units is SIZE_UNITS else SIZE_UNITS
@@ -69,7 +72,7 @@ def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: st
         diags.error("E018", f"a {what} cannot be negative", e.span)
         return None
     value = num * units[unit]
-    if value <= 0 or (what == "size" and value < 1):
+    if (value <= 0 and not (allow_zero and value == 0)) or (what == "size" and 0 < value < 1):
         diags.error("E018", f"a {what} must be more than zero, not `{num}{unit}`", e.span,
                     "leave the key out for its default")
         return None
@@ -107,7 +110,7 @@ def evaluate(diags: Diagnostics, key: str, spec: Key, e: n.Expr) -> Any:
     if kind in ("duration", "size"):
         units = DURATION_UNITS if kind == "duration" else SIZE_UNITS
         if isinstance(e, n.Literal) and e.kind == "quantity":
-            return quantity(diags, e, units, kind)
+            return quantity(diags, e, units, kind, allow_zero=spec.zero)
         if isinstance(e, n.Literal) and e.kind in ("int", "float"):
             example = f"{e.value}s" if kind == "duration" else f"{e.value}MB"
             diags.error("E018", f"`{key}` needs a unit", e.span, f"write e.g. `{example}`")

@@ -71,3 +71,19 @@ flow {{
     an = check(Source("t.mx", src))
     errs = [d for d in an.diags.items if d.is_error]
     assert [d.code for d in errs] == ["E018"] and message in errs[0].message
+
+
+def test_a_simulated_latency_of_zero_is_a_value_not_an_error():
+    """`ttft = 0ms` / `per_token = 0ms` make a zero-latency simulator (the benchmarks use it); a timeout
+    of zero stays an error."""
+    src = '''workflow w "t"
+input { id: str }
+model m { backend = "sim"  ttft = 0ms  per_token = 0ms  timeout = 0ms }
+agent a { model = m }
+flow { start -> a  a -> end }
+output { id = row.id }
+'''
+    an = check(Source("t.mx", src))
+    errs = [d for d in an.diags.items if d.is_error]
+    assert len(errs) == 1 and "more than zero" in errs[0].message and "0ms" in errs[0].message
+    assert src[errs[0].span.start - len("timeout = "):errs[0].span.start] == "timeout = "
