@@ -178,7 +178,10 @@ class Bench:
     # ---- model and workload ------------------------------------------------------------------------
     def model_dir(self) -> Path:
         smol = Path(self.a.smol_dir)
-        if not (smol / "config.json").is_file():
+        tok = Path(self.a.tokenizer) if self.a.tokenizer else None
+        if self.model == "llama8b" and tok and (tok / "tokenizer.json").is_file():
+            smol = tok  # bench/gpu/gguf_tokenizer.py's files: no GGUF to carry, nothing to convert
+        elif not (smol / "config.json").is_file():
             cmd = [PY, str(ROOT / "scripts" / "real_model.py"), str(smol)]
             if self.a.gguf:
                 cmd += ["--gguf", self.a.gguf]
@@ -511,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/mxbench")
     ap.add_argument("--smol-dir", default="/tmp/models/smollm2-135m-instruct")
     ap.add_argument("--gguf", help="for scripts/real_model.py when the SmolLM2 directory is missing")
+    ap.add_argument("--tokenizer", help="llama8b: a tokenizer directory (bench/gpu/gguf_tokenizer.py) instead of "
+                    "SmolLM2's converted model")
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--real-copies", type=int, default=5, help="copies of the sample rows for the real-text runs")
     ap.add_argument("--max-in-flight", type=int, default=2048)

@@ -36,13 +36,14 @@ def main() -> int:
     ap.add_argument("--gpu-dir", default="/work/main/.gpu")
     ap.add_argument("--vllm", default="build/vllm026-bundle.tar.xz")
     ap.add_argument("--extra", default="extra/extra-bundle.tar.xz")
-    ap.add_argument("--gguf", default="model/smollm2.gguf.xz")
+    ap.add_argument("--gguf", default="model/smollm2.gguf.xz", help="'' leaves the GGUF out (llama8b alone)")
+    ap.add_argument("--tokenizer", help="a tokenizer directory (bench/gpu/gguf_tokenizer.py), copied as tok/")
     ap.add_argument("--wheel", required=True, help="the matrixlang wheel")
     ap.add_argument("--part-mib", type=float, default=59.0)
     a = ap.parse_args()
     g = Path(a.gpu_dir)
     comps = [("vllm026-bundle.tar.xz", g / a.vllm), ("extra-bundle.tar.xz", g / a.extra),
-             ("smollm2.gguf.xz", g / a.gguf)]
+             ("smollm2.gguf.xz", g / a.gguf)][: 3 if a.gguf else 2]
     total = sum(p.stat().st_size for _, p in comps)
     n = math.ceil(total / (a.part_mib * 2**20))
     part = math.ceil(total / n)
@@ -77,6 +78,8 @@ def main() -> int:
         shutil.copy(tar, d / "mxgpu.tar")
         shutil.copy(wheel, d / wheel.name)
         shutil.copy(HERE / "run.sh", d / "run.sh")
+        if a.tokenizer:
+            shutil.copytree(a.tokenizer, d / "tok")
     for s in streams:
         s.close()
     sizes = {d.name: sum(f.stat().st_size for f in d.iterdir()) for d in sorted(g.glob("c[0-9]*"))}

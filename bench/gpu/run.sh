@@ -22,6 +22,7 @@ echo "== run.sh $stage $(date -u +%FT%TZ) on $(hostname); from $C"
 # 1. this call's part, the manifest, the scripts, the matrixlang wheel
 for f in "$C"/payload.part*; do [ -f "$f" ] && cp "$f" "$T/parts/" && echo "kept ${f##*/} ($(du -m "$f" | cut -f1) MiB)"; done
 [ -f "$C/manifest.json" ] && cp "$C/manifest.json" "$T/parts/"
+[ -d "$C/tok" ] && rm -rf "$T/tok" && cp -r "$C/tok" "$T/tok"   # bench/gpu/gguf_tokenizer.py's output
 if [ -f "$C/mxgpu.tar" ]; then rm -rf "$T/mxgpu" && mkdir -p "$T/mxgpu" && tar -xf "$C/mxgpu.tar" -C "$T/mxgpu"; fi
 S=$T/mxgpu/bench/gpu
 [ -f "$T/parts/manifest.json" ] && "$PY" "$S/unpack.py" --parts "$T/parts" --dest "$T/payload"
@@ -65,7 +66,7 @@ case $stage in
   smol|llama8b)
     cd "$T/mxbench" || exit 1
     "$PY" "$S/bench.py" --model "$stage" --out "$OUT" --work "$T/mxbench" --smol-dir "$T/models/smollm2-135m-instruct" \
-      --gguf "$T/models/smollm2.gguf" "$@"
+      --gguf "$T/models/smollm2.gguf" --tokenizer "$T/tok" "$@"
     ;;
   *) echo "usage: run.sh prep|smol|llama8b [bench.py args]"; exit 2 ;;
 esac
