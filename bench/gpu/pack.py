@@ -1,6 +1,6 @@
 """Lay out what the H200 machine needs as carry folders of at most --part-mib each (a device call
 carries 64 MiB with the working tree). The components (vLLM bundle, extra bundle, SmolLM2's GGUF,
-each already compressed) are concatenated in that order and cut into equal parts, so that earlier
+each already compressed) are concatenated in that order and cut into parts of --part-mib (the last shorter), so that earlier
 calls already hold whole components (bench/gpu/unpack.py installs each as soon as it is complete).
 Each folder .gpu/cK/ gets: payload.partK, manifest.json (offsets, sizes, sha256), mxgpu.tar (this
 branch's bench/gpu, scripts/real_model.py, workflows/: git archive of HEAD), the matrixlang wheel,
@@ -39,14 +39,14 @@ def main() -> int:
     ap.add_argument("--gguf", default="model/smollm2.gguf.xz", help="'' leaves the GGUF out (llama8b alone)")
     ap.add_argument("--tokenizer", help="a tokenizer directory (bench/gpu/gguf_tokenizer.py), copied as tok/")
     ap.add_argument("--wheel", required=True, help="the matrixlang wheel")
-    ap.add_argument("--part-mib", type=float, default=59.0)
+    ap.add_argument("--part-mib", type=float, default=58.0, help="size of every part but the last")
     a = ap.parse_args()
     g = Path(a.gpu_dir)
     comps = [("vllm026-bundle.tar.xz", g / a.vllm), ("extra-bundle.tar.xz", g / a.extra),
              ("smollm2.gguf.xz", g / a.gguf)][: 3 if a.gguf else 2]
     total = sum(p.stat().st_size for _, p in comps)
-    n = math.ceil(total / (a.part_mib * 2**20))
-    part = math.ceil(total / n)
+    part = int(a.part_mib * 2**20)  # full parts first: the earlier calls complete whole components
+    n = math.ceil(total / part)
     manifest = {"part_bytes": part, "parts": n, "total": total, "components": []}
     off = 0
     for name, p in comps:
@@ -78,7 +78,7 @@ def main() -> int:
         shutil.copy(tar, d / "mxgpu.tar")
         shutil.copy(wheel, d / wheel.name)
         shutil.copy(HERE / "run.sh", d / "run.sh")
-        if a.tokenizer:
+        if a.tokenizer and k == n - 1:
             shutil.copytree(a.tokenizer, d / "tok")
     for s in streams:
         s.close()
