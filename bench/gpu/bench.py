@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                     "e.g. --mxc-arg=--replicas --mxc-arg=teacher=2")
     ap.add_argument("--deadline", type=float, default=560, help="seconds this script may take")
     ap.add_argument("--server-timeout", type=float, default=240)
-    ap.add_argument("--run-timeout", type=float, default=150)
+    ap.add_argument("--run-timeout", type=float, default=300,
+                    help="a phase's time box (2 000 rows of the 8B shape need ≈ 210 s at 7.5 k tok/s)")
     a = ap.parse_args(argv)
     a.phases = [p for p in a.phases.split(",") if p]
     return Bench(a).main()

@@ -16,6 +16,9 @@ rm -f "$out"/stage/*.whl
 norm() { tr 'A-Z_.' 'a-z--'; }
 sed -E 's/^([^-]+)-([^-]+)-.*/\1==\2/' "$vllm_list" | grep -v '^$' | grep -v '^vllm==' > "$out/constraints.txt"
 sed -E 's/^([^-]+)-.*/\1/' "$vllm_list" | norm | sort -u > "$out/in-vllm-bundle.txt"
+# grpcio comes from the image (1.84.0 there): grpcio_reflection's generated code refuses an older grpcio
+# than it was built with (1.85.1 broke `import ray.serve`), so pin the family to the image's version.
+echo "grpcio==${IMAGE_GRPCIO:-1.84.0}" >> "$out/constraints.txt"
 norm < "$here/image-packages.txt" | sort -u > "$out/in-image.txt"
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \

@@ -18,6 +18,13 @@ def fmt(x, nd=0):
     return "–" if x is None else (f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
+def counted(phase: dict) -> float | None:
+    """Output tokens/s by vLLM's own counter (`vllm:generation_tokens_total`) over a phase's whole window,
+    start-up included: defined for a phase cut by its time box too."""
+    n = (phase.get("server") or {}).get("completion_tokens")
+    return n / phase["elapsed_s"] if n and phase.get("elapsed_s") else None
+
+
 def model_table(res: dict) -> str:
     ph = res["phases"]
     ceil = {k: (ph.get(k) or {}).get("output_tokens_per_s") for k in ("replay", "offline")
@@ -26,8 +33,10 @@ def model_table(res: dict) -> str:
     lines = [f"**{res['model']}** — {c['rows']} rows, {c['calls']} calls, {c['output_tokens']:,} output tokens "
              f"(turns {c['turns']}, max_tokens {c['max_tokens']}, ignore_eos), max_num_seqs {c['max_num_seqs']}, "
              f"rows in flight {c['max_in_flight']}, enforce_eager {bool(c['enforce_eager'])}; vLLM {res['env'].get('vllm')}",
-             "", "| path | status | output tok/s | ÷ HTTP ceiling | ÷ offline ceiling | GPU util mean (p50) | s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "", "| path | status | output tok/s | ÷ HTTP ceiling | ÷ offline ceiling | vLLM-counted tok/s "
+             "over the phase (÷ ceiling's) | prefix-cache hits | GPU util mean (p50) | s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ceil_counted = counted(ph.get("replay") or {})
     for k, label in PATHS:
         p = ph.get(k)
         if not p:
@@ -36,7 +45,12 @@ def model_table(res: dict) -> str:
         g = p.get("gpu") or {}
         fr = [fmt(t / ceil[c_], 3) if t and c_ in ceil else "–" for c_ in ("replay", "offline")]
         status = p.get("status") + (f" ({p['why'][:60]})" if p.get("why") and p.get("status") != "ok" else "")
-        lines.append(f"| {label} | {status} | {fmt(t)} | {fr[0]} | {fr[1]} | "
+        n = counted(p)
+        nfr = f" ({n / ceil_counted:.3f})" if n and ceil_counted else ""
+        sv_ = p.get("server") or {}
+        hits = (f"{sv_['prefix_cache_hits'] / sv_['prefix_cache_queries']:.1%}"
+                if sv_.get("prefix_cache_queries") else "–")
+        lines.append(f"| {label} | {status} | {fmt(t)} | {fr[0]} | {fr[1]} | {fmt(n)}{nfr} | {hits} | "
                      f"{fmt(g.get('util_mean'), 1)} ({fmt(g.get('util_p50'))}) | {fmt(p.get('elapsed_s'), 0)} |")
     s = ph.get("server") or {}
     sv = ph.get("serve") or {}
