@@ -79,7 +79,10 @@ def quantity(diags: Diagnostics, e: n.Literal, units: dict[str, float], what: st
     top = MAX_SECONDS if what == "duration" else MAX_BYTES
     if value > top:
         shown = "365 days" if what == "duration" else "1 PiB (1024**5 bytes)"
-        diags.error("E018", f"`{num}{unit}` is more than any {what} the runtime takes (at most {shown})", e.span)
+        hint = ("write a duration the run can wait, like `30s`, `10m` or `2h`" if what == "duration" else
+                "write a size the machine can hold, like `256MB` or `4GB`")
+        diags.error("E018", f"`{num}{unit}` is more than any {what} the runtime takes (at most {shown})", e.span,
+                    hint)
         return None
     return value
 

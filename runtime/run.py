@@ -96,7 +96,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     try:
         topo = _topology(engine, opts)
         actors = _launch(engine, topo, opts, out_path, openai, _vllm_models(engine))
-        done, cut = ray.get(actors["sink"].done_ids.remote())
+        done, cut = _get_restarting(actors["sink"].done_ids.remote, "the sink")
         done_ids = set(done)
         cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
                            coalesce=opts.coalesce, window_s=opts.window_s,
@@ -106,7 +106,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
         with RunProgress(total, opts.progress) as prog:
             driver.on_progress = prog.update
             res = asyncio.run(driver.run())
-        sink_stats = ray.get(actors["sink"].close.remote())
+        sink_stats = _get_restarting(actors["sink"].close.remote, "the sink")
         stats = _collect_stats(actors)
     finally:
         for h in actors.values():
@@ -323,7 +323,9 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
         actors["coordinator"] = Coordinator.options(name=topo.coordinator).remote(
             topo, opts.coalesce, opts.window_s)
     try:
-        ray.get([h.ping.remote() for h in actors.values()], timeout=120)
+        deadline = time.monotonic() + 120
+        for name, h in actors.items():
+            _get_restarting(h.ping.remote, name, max(1.0, deadline - time.monotonic()))
     except Exception as e:
         for h in actors.values():
             ray.kill(h)
@@ -331,6 +333,22 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
             raise RunError(f"output {out_path!r} is being written by another run") from None
         raise
     return actors
+
+
+def _get_restarting(call: Any, what: str, limit_s: float = 120.0) -> Any:
+    """``ray.get(call())``, called again while its actor restarts (the sink, sim and tool services restart
+    without limit, agents up to ten times: one killed while the run starts or ends must not end it).
+    An actor that failed in its constructor (``OutputLocked``) is not waited for."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return ray.get(call(), timeout=max(1.0, deadline - time.monotonic()))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as e:
+            if "OutputLocked" in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise RunError(f"{what} did not come back within {limit_s:g} s after it died: {e}") from e
+            time.sleep(0.5)
 
 
 def _openai_models(engine: Engine) -> dict:

@@ -82,6 +82,18 @@ class SandboxUnsupported(RuntimeError):
     """The sandbox cannot enforce the requested limits on this machine; nothing was run."""
 
 
+class SandboxFailed(RuntimeError):
+    """The jail could not start the snippet (bwrap, setpriv or prlimit refused, or the interpreter could
+    not load under the limits): a tool error, not the snippet's exit code."""
+
+
+# The tools of the jail's chain report their own failures as "NAME: message" on stderr; the dynamic
+# loader reports an interpreter it cannot map (an address-space limit too small) as "EXE: error while
+# loading shared libraries". A snippet that printed one of these itself, with no stdout, and exited
+# non-zero would end as a tool error too: only its own call is affected.
+_JAIL_TOOLS = ("bwrap", "setpriv", "prlimit")
+
+
 @dataclass(slots=True)
 class SandboxResult:
     """The outcome of one snippet. `exit_code` follows the shell: death by signal N is 128 + N."""
@@ -343,6 +355,9 @@ def _execute(lim: Limits, code: str) -> SandboxResult:
     code_ = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
+    if reason is None and code_ != 0 and not stdout and _jail_failure(stderr):
+        raise SandboxFailed(f"the sandbox could not start the snippet (exit {code_}): "
+                            f"{stderr.strip()[-500:]}")
     if reason is None:
         if code_ in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
             reason = "cpu"  # only RLIMIT_CPU sends these unasked (SIGKILL at the hard limit)
@@ -352,10 +367,22 @@ def _execute(lim: Limits, code: str) -> SandboxResult:
                          truncated=truncated, duration_s=time.monotonic() - start, killed_reason=reason)
 
 
+def _jail_failure(stderr: str) -> bool:
+    """Whether ``stderr`` (of a run that exited non-zero with no stdout) is the jail's own failure."""
+    first = stderr.lstrip().split("\n", 1)[0]
+    tools = [*_JAIL_TOOLS, *(shutil.which(t) for t in _JAIL_TOOLS)]
+    if any(t and first.startswith(f"{t}: ") for t in tools):
+        return True
+    exe = _interpreter()[0]
+    return any(first.startswith(f"{e}: error while loading shared libraries")
+               for e in {exe, os.path.realpath(sys.executable), sys.executable})
+
+
 def run_python(code: str, spec: dict[str, Any]) -> SandboxResult:
     """Run `code` in a fresh sandboxed interpreter under `spec`'s limits; blocking, thread-safe.
 
-    Raises SandboxUnsupported when the limits cannot be enforced here, ValueError on a bad spec.
+    Raises SandboxUnsupported when the limits cannot be enforced here, SandboxFailed when the jail
+    could not start the snippet, ValueError on a bad spec.
     """
     lim = Limits.from_spec(spec)
     reason = _support(lim.network)
@@ -399,7 +426,7 @@ def _probe(network: bool) -> str | None:
     lim = Limits.from_spec({"timeout_s": 20.0, "network": network})
     try:
         res = _execute(lim, _PROBE)
-    except OSError as exc:
+    except (OSError, SandboxFailed) as exc:
         return f"the sandbox could not start: {exc}"
     if res.exit_code != 0:
         return f"the sandbox could not start (exit {res.exit_code}): {res.stderr.strip()[-500:]}"

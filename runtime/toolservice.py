@@ -8,7 +8,7 @@ happens in the snippets' own processes, bounded by the spec's limits and the sem
 
 `run` returns the `SandboxResult` as a dict plus two keys: `text` (what the agent sees, bounded by
 `max_output_bytes`, with a note when cut or killed) and `error` (None, or why nothing was run: the
-machine cannot enforce the limits, or the spec is invalid).
+machine cannot enforce the limits, the spec is invalid, or the jail could not start the snippet).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from .cluster import actor_info
-from .sandbox import Limits, SandboxResult, check_support, run_python
+from .sandbox import Limits, SandboxFailed, SandboxResult, check_support, run_python
 
 _EMPTY = SandboxResult("", "", -1, False, False, 0.0, None)
 
@@ -73,6 +73,9 @@ class ToolService:
             self._peak_running[tool_name] = max(self._peak_running.get(tool_name, 0), now)
             try:
                 res = await loop.run_in_executor(pool, run_python, code, spec)
+            except SandboxFailed as exc:      # the jail did not start: nothing of the snippet ran
+                self._refused += 1
+                return _error_reply(str(exc))
             finally:
                 self._running -= 1
                 self._running_by_tool[tool_name] -= 1

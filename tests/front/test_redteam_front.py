@@ -7,6 +7,7 @@ import pytest
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir, dumps
+from matrixlang.diagnostics import render_one
 from matrixlang.source import Source
 
 BASE = '''workflow w "deep"
@@ -71,6 +72,8 @@ flow {{
     an = check(Source("t.mx", src))
     errs = [d for d in an.diags.items if d.is_error]
     assert [d.code for d in errs] == ["E018"] and message in errs[0].message
+    shown = render_one(errs[0], Source("t.mx", src))      # file:line:col, the caret, what to write instead
+    assert shown.startswith("t.mx:3:") and "^" in shown and "= help: " in shown
 
 
 def test_a_simulated_latency_of_zero_is_a_value_not_an_error():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -152,3 +153,32 @@ def _exists(name: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+
+@ray.remote(max_restarts=-1)
+class _DiesInItsFirstCall:
+    """Dies (os._exit) inside its first call, as an actor SIGKILLed mid-call; its next incarnation answers."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def value(self) -> int:
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return 42
+
+
+def test_a_call_to_an_actor_that_dies_in_it_is_made_again_once_it_restarts(ray_local, tmp_path):
+    """Found by the chaos run: the sink SIGKILLed while the driver's `done_ids` call was in flight ended
+    `mxc run` with an internal error (ActorUnavailableError). run.py's calls to the sink at the start and
+    the end of a run (and the start-up pings) are made again while the actor restarts."""
+    from matrixlang.runtime.run import RunError, _get_restarting
+
+    with pytest.raises(ray.exceptions.RayActorError):         # the control: a plain ray.get fails
+        ray.get(_DiesInItsFirstCall.remote(str(tmp_path / "a")).value.remote())
+    assert _get_restarting(_DiesInItsFirstCall.remote(str(tmp_path / "b")).value.remote, "it") == 42
+    gone = _DiesInItsFirstCall.options(max_restarts=0).remote(str(tmp_path / "c"))
+    with pytest.raises(RunError, match="did not come back within 3 s"):
+        _get_restarting(gone.value.remote, "the sink", limit_s=3.0)

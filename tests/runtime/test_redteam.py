@@ -402,3 +402,25 @@ def test_break6_summary_into_a_missing_folder_is_written(ray_local, capsys, tmp_
                          "--summary", str(summary), "--progress", "off")
     assert code == 0, err
     assert json.loads(summary.read_text())["rows"] == 1
+
+
+# ---- issue 11: a jail that cannot start was recorded as the snippet's exit code -------------------
+
+
+@pytest.mark.ray
+def test_a_tool_whose_jail_cannot_start_ends_its_rows_as_tool_error(ray_local, tmp_path):
+    """`memory = 1MB` passes the checker, but the interpreter cannot load in 1 MiB of address space:
+    each row ends as error/tool_error with the loader's reason, not as an exit code 127 of its snippet."""
+    from matrixlang.runtime.run import run
+
+    ir = F.coder()
+    ir["tools"]["sandbox"]["memory_bytes"] = 1 << 20
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"c{i}", "task": "t", "tests": "assert f(1) == 2"}) + "\n"
+                           for i in range(3)))
+    summary = run(F.finish(ir), _run_opts(inp, out))
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["_meta"]["id"] for r in rows) == ["c0", "c1", "c2"]
+    assert {(r["_meta"]["status"], r["_meta"]["reason"]) for r in rows} == {("error", "tool_error")}
+    assert all("could not start the snippet" in r["_meta"]["detail"] for r in rows)
+    assert summary["by_reason"] == {"error/tool_error": 3}

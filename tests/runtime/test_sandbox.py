@@ -22,6 +22,8 @@ import pytest
 from matrixlang.runtime import sandbox
 from matrixlang.runtime.sandbox import (
     MAX_PROCESSES,
+    Limits,
+    SandboxFailed,
     SandboxResult,
     SandboxUnsupported,
     check_support,
@@ -482,6 +484,18 @@ def test_bad_specs_are_rejected() -> None:
     assert "timeout_s" in check_support(spec(timeout_s=0))
     with pytest.raises(ValueError):
         run_python("print(1)", spec(memory_bytes=-1))
+
+
+def test_a_jail_that_cannot_start_is_a_failure_of_the_tool_not_an_exit_code() -> None:
+    """Issue 11: a limit that makes bwrap refuse (10**26 bytes, past the checker and from_spec) or the
+    interpreter unable to load (1 MiB of address space) raises SandboxFailed: nothing of the snippet ran,
+    so there is no exit code of it to record."""
+    with pytest.raises(SandboxFailed, match=r"could not start the snippet \(exit 1\): bwrap: --size"):
+        sandbox._execute(Limits(10.0, 10**26, 10.0, False, 65536), "print(1)")
+    with pytest.raises(SandboxFailed, match="error while loading shared libraries"):
+        run("print(1)", memory_bytes=1 << 20)
+    res = run("import sys\nprint('prlimit: not me', file=sys.stderr)\nprint('out')\nsys.exit(1)")
+    assert res.exit_code == 1 and res.stdout == "out\n"      # a snippet's own failure stays its exit code
 
 
 def test_refuses_when_the_jail_is_missing(tmp_path) -> None:

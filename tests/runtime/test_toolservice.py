@@ -94,7 +94,9 @@ def test_refusals_come_back_as_errors(ray_local) -> None:
     other = ray_local.get(svc.run.remote("sh", {"kind": "shell"}, "ls"))
     assert "not a python sandbox" in other["error"]
     assert ray_local.get(svc.check.remote(SPEC)) is None
-    assert ray_local.get(svc.stats.remote())["refused"] == 2
+    jail = ray_local.get(svc.run.remote("sandbox", {**SPEC, "memory_bytes": 1 << 20}, "print(1)"))
+    assert jail["error"].startswith("the sandbox could not start the snippet") and jail["exit_code"] is None
+    assert ray_local.get(svc.stats.remote())["refused"] == 3
     ray_local.kill(svc)
 
 
