@@ -343,6 +343,8 @@ def _get_restarting(call: Any, what: str, limit_s: float = 120.0) -> Any:
     while True:
         try:
             return ray.get(call(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError as e:
+            raise RunError(f"{what} did not answer within {limit_s:g} s") from e
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as e:
             if "OutputLocked" in str(e):
                 raise
