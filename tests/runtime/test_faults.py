@@ -11,7 +11,7 @@ from pathlib import Path
 import ir_fixtures as F
 import pytest
 import ray
-from matrixlang.runtime.run import RunOptions, run
+from matrixlang.runtime.control.run import RunOptions, run
 
 pytestmark = pytest.mark.ray
 

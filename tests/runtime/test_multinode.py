@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     tmp = sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -76,7 +76,7 @@ NODE_LOSS = textwrap.dedent("""
     import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     tmp = sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

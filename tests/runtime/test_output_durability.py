@@ -17,8 +17,8 @@ from pathlib import Path
 
 import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunOptions, RunStopped, run
-from matrixlang.runtime.sink import encode_line
+from matrixlang.runtime.actors.sink import encode_line
+from matrixlang.runtime.control.run import RunOptions, RunStopped, run
 
 pytestmark = pytest.mark.ray
 

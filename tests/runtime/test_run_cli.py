@@ -89,7 +89,7 @@ def test_a_dead_cluster_address_exits_2_at_once(files, how):
 
 
 def test_every_flag_reaches_the_run_options(files, monkeypatch):
-    import matrixlang.runtime.run as runmod
+    import matrixlang.runtime.control.run as runmod
 
     seen = {}
 

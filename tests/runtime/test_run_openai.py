@@ -6,8 +6,8 @@ import json
 
 import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunOptions, run
-from matrixlang.runtime.simserver import SimServerProcess
+from matrixlang.runtime.backends.simserver import SimServerProcess
+from matrixlang.runtime.control.run import RunOptions, run
 from test_run_semantics import coral_rows, read_out, reference, strip_timing, write_rows
 
 pytestmark = pytest.mark.ray

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunError, RunOptions, run
+from matrixlang.runtime.control.run import RunError, RunOptions, run
 
 pytestmark = pytest.mark.ray
 

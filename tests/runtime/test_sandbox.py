@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from matrixlang.runtime import sandbox
-from matrixlang.runtime.sandbox import (
+from matrixlang.runtime.sandbox import bwrap as sandbox
+from matrixlang.runtime.sandbox.bwrap import (
     MAX_PROCESSES,
     SandboxResult,
     SandboxUnsupported,
@@ -224,7 +224,7 @@ def test_the_jail_dies_with_its_caller() -> None:
     """SIGKILL the process that called run_python: the snippet and its children die too."""
     marker = "mx" + secrets.token_hex(6)
     caller = subprocess.Popen([sys.executable, "-c", (
-        "from matrixlang.runtime.sandbox import run_python\n"
+        "from matrixlang.runtime.sandbox.bwrap import run_python\n"
         f"run_python({marked_sleeper(marker)!r}, {{'timeout_s': 120}})")])
     try:
         assert wait_for(lambda: len(named_processes(marker)) == 2)
@@ -487,7 +487,7 @@ def test_bad_specs_are_rejected() -> None:
 def test_refuses_when_the_jail_is_missing(tmp_path) -> None:
     """A process that cannot find bwrap refuses to run the snippet and says why."""
     code = textwrap.dedent("""
-        from matrixlang.runtime.sandbox import SandboxUnsupported, check_support, run_python
+        from matrixlang.runtime.sandbox.bwrap import SandboxUnsupported, check_support, run_python
         print(check_support({}))
         try:
             run_python("open('/tmp/ran', 'w')", {})
@@ -508,9 +508,9 @@ def test_unprivileged_caller_gets_the_same_containment(tcp_server) -> None:
     driver = textwrap.dedent(f"""
         import importlib, json, sys, types
         pkg = types.ModuleType("mxrt")  # the runtime directory as a bare package (no Ray needed)
-        pkg.__path__ = [{str(Path(sandbox.__file__).resolve().parent)!r}]
+        pkg.__path__ = [{str(Path(sandbox.__file__).resolve().parent.parent)!r}]
         sys.modules["mxrt"] = pkg
-        sbx = importlib.import_module("mxrt.sandbox")
+        sbx = importlib.import_module("mxrt.sandbox.bwrap")
         code = sys.stdin.read()
         print(json.dumps({{"support": sbx.check_support({{}}),
                           "res": sbx.run_python(code, {{"timeout_s": 5}}).to_dict()}}))

@@ -7,7 +7,7 @@ import os
 import secrets
 
 import pytest
-from matrixlang.runtime.toolservice import ToolPool, ToolService, start_tool_services
+from matrixlang.runtime.actors.tool_service import ToolPool, ToolService, start_tool_services
 from polling import wait_for
 
 SPEC = {"kind": "python", "timeout_s": 20.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import ray
-from matrixlang.runtime.transport import Outbox, pack, pick_two, unpack
+from matrixlang.runtime.transport.outbox import Outbox, pack, pick_two, unpack
 
 pytestmark = pytest.mark.ray
 

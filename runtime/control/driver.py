@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 
 import ray
 
-from .agent import output_line
+from ..actors.agent import output_line
+from ..actors.sink import item_key
+from ..names import MAX_IN_FLIGHT, ROW_ATTEMPTS
+from ..semantics.engine import Engine
+from ..semantics.message import Message
+from ..transport.outbox import Held, Outbox, pick_two
 from .cluster import Handles, Topology
-from .engine import Engine
-from .message import Message
-from .names import MAX_IN_FLIGHT, ROW_ATTEMPTS
-from .sink import item_key
-from .transport import Held, Outbox, pick_two
 
 
 @dataclass(slots=True)

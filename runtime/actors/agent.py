@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .engine import AgentSpec, Engine, LLMCall, Reply, StepError
-from .message import Message
-from .names import CALL_TIMEOUT_S, OFFLOAD_THRESHOLD, RETRIES
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..names import CALL_TIMEOUT_S, OFFLOAD_THRESHOLD, RETRIES
+from ..semantics.engine import AgentSpec, Engine, LLMCall, Reply, StepError
+from ..semantics.message import Message
+from ..transport.outbox import Held, Outbox, pick_two, spawn, unpack
+from ..transport.store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
 from .sink import encode_line, item_key
-from .store import TextCache, fetch_texts, needs_offload, offloaded_entry, text_key
-from .transport import Held, Outbox, pick_two, spawn, unpack
 
 _TIMEOUT = getattr(asyncio, "timeout", None)   # Python 3.11+: no task per step (else asyncio.wait_for)
 
@@ -351,12 +351,12 @@ class AgentActor:
 
     async def _call_openai(self, call: LLMCall, key: Hashable) -> tuple[Reply | None, str]:
         """One call to an OpenAI-compatible server (retries, routing and stickiness are the client's)."""
-        from .openai_client import ModelCallError, OpenAIClient
+        from ..backends.openai_client import ModelCallError, OpenAIClient
 
         client = self._clients.get(call.model)
         if client is None:
             if call.model in self.cfg.vllm:      # backend vllm: Serve handles to the replicas
-                from .serve_deploy import ServeClient
+                from ..backends.serve_deploy import ServeClient
 
                 client = self._clients[call.model] = ServeClient(self.cfg.vllm[call.model])
             else:
@@ -372,7 +372,7 @@ class AgentActor:
         spec = self.engine.ir["tools"][call.tool]
         pool = self._tool_pools.get(call.tool)
         if pool is None:
-            from .toolservice import ToolPool
+            from .tool_service import ToolPool
 
             handles = [self.handles.get(n) for n in self.topo.tools_of(call.tool)]
             pool = self._tool_pools[call.tool] = ToolPool(call.tool, spec, handles)

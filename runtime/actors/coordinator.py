@@ -16,10 +16,10 @@ from collections.abc import Hashable
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .message import Message
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..semantics.message import Message
+from ..transport.outbox import Held, Outbox, pick_two, unpack
 from .sink import item_key
-from .transport import Held, Outbox, pick_two, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

@@ -26,10 +26,10 @@ from typing import Any
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .message import ID_DUPLICATE, ID_POSITION, id_key, position_key
-from .store import RefStore
-from .transport import Outbox, spawn, unpack
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..semantics.message import ID_DUPLICATE, ID_POSITION, id_key, position_key
+from ..transport.outbox import Outbox, spawn, unpack
+from ..transport.store import RefStore
 
 
 def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import ray
 
-from .cluster import actor_info
-from .sandbox import Limits, SandboxResult, check_support, run_python
+from ..control.cluster import actor_info
+from ..sandbox.bwrap import Limits, SandboxResult, check_support, run_python
 
 _EMPTY = SandboxResult("", "", -1, False, False, 0.0, None)
 

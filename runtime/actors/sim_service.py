@@ -19,9 +19,9 @@ import os
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .simmodel import SimCapacity, sim_reply
-from .transport import Outbox, unpack
+from ..backends.simmodel import SimCapacity, sim_reply
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..transport.outbox import Outbox, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
