@@ -98,11 +98,6 @@ class ToolService:
         return actor_info()
 
 
-def start_tool_services(tool_name: str, spec: dict[str, Any], **options: Any) -> list[Any]:
-    """Start `spec["replicas"]` ToolService actors for one tool; `options` go to `.options()`."""
-    return [ToolService.options(**options).remote() for _ in range(max(1, int(spec.get("replicas", 1))))]
-
-
 class ToolPool:
     """Client side of one tool's replicas: each call goes to the replica with the fewest of this
     pool's calls outstanding (ties in turn). Use from async code (an actor or the driver)."""

@@ -8,10 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
 import ray
 from matrixlang.runtime.control.run import RunOptions, run
+from support import ir_fixtures as F
 
 pytestmark = pytest.mark.ray
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 SCRIPT = textwrap.dedent("""
     import copy, json, sys
     sys.path.insert(0, sys.argv[1])
-    import ir_fixtures as F
+    from support import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
     from matrixlang.runtime.control.run import RunOptions, run
@@ -73,7 +73,7 @@ def test_run_on_a_three_node_cluster(tmp_path):
 NODE_LOSS = textwrap.dedent("""
     import copy, json, sys, threading, time
     sys.path.insert(0, sys.argv[1])
-    import ir_fixtures as F
+    from support import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
     from matrixlang.runtime.control.run import RunOptions, run

@@ -12,11 +12,11 @@ import json
 import os
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
 from matrixlang.runtime.control.cluster import Topology
 from matrixlang.runtime.control.driver import Driver, DriverConfig
 from matrixlang.runtime.semantics.engine import Engine
+from support import ir_fixtures as F
 
 from matrixlang.cli import main
 
@@ -158,7 +158,7 @@ def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
 _HANG = r"""
 import json, sys, time
 sys.path.insert(0, "tests/runtime")
-import ir_fixtures as F
+from support import ir_fixtures as F
 from matrixlang.runtime.semantics.engine import Engine, Reply
 kind, pattern, text = sys.argv[1], sys.argv[2], sys.argv[3] * int(sys.argv[4]) + sys.argv[5]
 ir = F.loop(max_steps=3)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
+from support import ir_fixtures as F
 
 from matrixlang.cli import main
 

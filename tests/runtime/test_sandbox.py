@@ -27,7 +27,7 @@ from matrixlang.runtime.sandbox.bwrap import (
     check_support,
     run_python,
 )
-from polling import wait_for
+from support.polling import wait_for
 
 SPEC = {"kind": "python", "timeout_s": 10.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 65536, "replicas": 1, "max_concurrency": 4}
