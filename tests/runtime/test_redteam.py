@@ -157,7 +157,7 @@ def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
 
 _HANG = r"""
 import json, sys, time
-sys.path.insert(0, "tests/runtime")
+sys.path.insert(0, "tests")
 from support import ir_fixtures as F
 from matrixlang.runtime.semantics.engine import Engine, Reply
 kind, pattern, text = sys.argv[1], sys.argv[2], sys.argv[3] * int(sys.argv[4]) + sys.argv[5]
