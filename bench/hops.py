@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import ray  # noqa: E402
-from matrixlang.runtime.actors.agent import message_bytes  # noqa: E402
+from matrixlang.runtime.actors.routing import message_bytes  # noqa: E402
 from matrixlang.runtime.backends.simmodel import sim_reply  # noqa: E402
 from matrixlang.runtime.control.cluster import connect  # noqa: E402
 from matrixlang.runtime.control.run import RunOptions, run  # noqa: E402

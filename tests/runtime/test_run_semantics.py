@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from matrixlang.runtime.actors.agent import message_bytes
+from matrixlang.runtime.actors.routing import message_bytes
 from matrixlang.runtime.backends.simmodel import sim_reply
 from matrixlang.runtime.control.run import RunOptions, run
 from matrixlang.runtime.semantics.engine import Engine, LLMCall, Reply
