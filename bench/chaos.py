@@ -75,7 +75,7 @@ class Chaos:
         print(f"[{ev['t']:8.2f}] {kind:14} {detail}", flush=True)
 
     def start_sim_server(self) -> None:
-        from matrixlang.runtime.simserver import SimServerProcess
+        from matrixlang.runtime.backends.simserver import SimServerProcess
 
         srv = SimServerProcess(["--port", str(self.port), "--seed", str(self.rng.randrange(1000)), *FAULTS,
                                 "--ttft", "100ms", "--per-token", "2ms"])

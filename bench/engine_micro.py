@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import ir_fixtures  # noqa: E402
-from matrixlang.runtime.engine import Engine, Reply  # noqa: E402
+from matrixlang.runtime.semantics.engine import Engine, Reply  # noqa: E402
+from support import ir_fixtures  # noqa: E402
 
 ROW = {"id": "q", "question": "Which planet is known as the red planet? " * 4,
        "choices": ["Venus", "Mars", "Jupiter", "Saturn"], "answer": "B"}

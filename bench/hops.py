@@ -28,16 +28,16 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import ir_fixtures as F  # noqa: E402
 import ray  # noqa: E402
-from matrixlang.runtime.agent import message_bytes  # noqa: E402
-from matrixlang.runtime.cluster import connect  # noqa: E402
-from matrixlang.runtime.engine import Engine, Reply  # noqa: E402
-from matrixlang.runtime.run import RunOptions, run  # noqa: E402
-from matrixlang.runtime.simmodel import sim_reply  # noqa: E402
-from matrixlang.runtime.transport import Outbox, unpack  # noqa: E402
+from matrixlang.runtime.actors.routing import message_bytes  # noqa: E402
+from matrixlang.runtime.backends.simmodel import sim_reply  # noqa: E402
+from matrixlang.runtime.control.cluster import connect  # noqa: E402
+from matrixlang.runtime.control.run import RunOptions, run  # noqa: E402
+from matrixlang.runtime.semantics.engine import Engine, Reply  # noqa: E402
+from matrixlang.runtime.transport.outbox import Outbox, unpack  # noqa: E402
+from support import ir_fixtures as F  # noqa: E402
 
 # ---- workflows -----------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ def server_counts(srv) -> dict:
 
 
 def run_plain(inp: Path, in_flight: int, seed: int) -> dict:
-    from matrixlang.runtime.simserver import SimServerProcess
+    from matrixlang.runtime.backends.simserver import SimServerProcess
 
     with SimServerProcess([*SERVER, "--seed", str(seed)]) as srv:
         proc = subprocess.run([sys.executable, str(HERE / "plain_client.py"), srv.url, str(inp), str(in_flight),
@@ -93,8 +93,8 @@ def run_plain(inp: Path, in_flight: int, seed: int) -> dict:
 
 
 def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: int | None) -> dict:
-    from matrixlang.runtime.run import RunOptions, run
-    from matrixlang.runtime.simserver import SimServerProcess
+    from matrixlang.runtime.backends.simserver import SimServerProcess
+    from matrixlang.runtime.control.run import RunOptions, run
 
     out = tmp / f"mxc-{uuid.uuid4().hex[:6]}.jsonl"
     run_id = uuid.uuid4().hex[:8]

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from matrixlang.runtime.run import RunOptions, run
+from matrixlang.runtime.control.run import RunOptions, run
 
 from .catalog import Workload
 from .monitor import RunMonitor

@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--hold-s", type=float, required=True)
     args = ap.parse_args()
-    from matrixlang.runtime.cluster import connect
+    from matrixlang.runtime.control.cluster import connect
 
     connect(args.address)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from matrixlang.runtime.openai_client import OpenAIClient, OpenAIModel, close_shared_session
-from matrixlang.runtime.run import RunOptions, run
-from matrixlang.runtime.simserver import SimServerProcess
+from matrixlang.runtime.backends.openai_client import OpenAIClient, OpenAIModel, close_shared_session
+from matrixlang.runtime.backends.simserver import SimServerProcess
+from matrixlang.runtime.control.run import RunOptions, run
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir

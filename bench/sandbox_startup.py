@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from matrixlang.runtime.sandbox import check_support, run_python
+from matrixlang.runtime.sandbox.bwrap import check_support, run_python
 
 SPEC = {"kind": "python", "timeout_s": 10.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 65536, "replicas": 1, "max_concurrency": 4}
@@ -60,7 +60,7 @@ def main() -> None:
     ]
     if args.ray:
         import ray
-        from matrixlang.runtime.toolservice import ToolService
+        from matrixlang.runtime.actors.tool_service import ToolService
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         svc = ToolService.remote()

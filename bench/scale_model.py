@@ -29,8 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from matrixlang.runtime.engine import Engine, Reply
-from matrixlang.runtime.simmodel import SimCapacity, sim_reply
+from matrixlang.runtime.backends.simmodel import SimCapacity, sim_reply
+from matrixlang.runtime.semantics.engine import Engine, Reply
 
 from .catalog import WORKLOADS
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = {"matrixlang": "matrixlang", "runtime": "matrixlang/runtime", "grammar": "matrixlang/grammar",
-          "bench": "bench", "tests/runtime/ir_fixtures.py": "tests/runtime/ir_fixtures.py"}
+          "bench": "bench", "tests/support": "tests/support"}
 
 
 def snapshot(ref: str = "HEAD") -> tuple[Path, str]:

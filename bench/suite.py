@@ -81,7 +81,7 @@ def _section(name: str, cfg: SuiteConfig, tmp: Path, log: Callable[[str], None],
 def run_suite(suite: str, only: list[str] | None = None, repeats: int | None = None,
               out_dir: Path = RESULTS_DIR, log: Callable[[str], None] = print, plots: bool = True) -> dict:
     """Run the suite's sections; write ``out_dir/<suite>.json``, plots and ``<suite>_table.md``."""
-    from matrixlang.runtime.cluster import connect
+    from matrixlang.runtime.control.cluster import connect
 
     from . import plots as plotting
     from . import report

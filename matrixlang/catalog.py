@@ -5,7 +5,7 @@ model (a model name), tool (a tool name), backend, tool_kind, api.
 
 The language's names and defaults (context names, reserved names, limits, tool and simulator
 defaults) are the runtime's own table, `matrixlang.runtime.names`, re-exported here; functions are
-`matrixlang.runtime.expr.FUNCTIONS`, template filters and tests `matrixlang.runtime.templates`.
+`matrixlang.runtime.semantics.expr.FUNCTIONS`, template filters and tests `matrixlang.runtime.semantics.templates`.
 """
 
 from __future__ import annotations

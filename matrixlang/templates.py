@@ -1,6 +1,6 @@
 """jinja2 templates in agents: parse them in the sandbox and find what they read.
 
-Templates are parsed with the runtime's own environment (`matrixlang.runtime.templates.ENV`), and the
+Templates are parsed with the runtime's own environment (`matrixlang.runtime.semantics.templates.ENV`), and the
 names, filters and tests they may use are the runtime's tables (`matrixlang.runtime.names`,
 `templates.FILTERS`, `templates.TESTS`): what the checker accepts is what the runtime renders.
 Diagnostics point into the `.mx` file through the string literal's offset map.
@@ -13,7 +13,6 @@ import re
 from jinja2 import Environment, TemplateSyntaxError
 from jinja2 import nodes as jn
 
-from matrixlang.runtime import templates as rt
 from matrixlang.runtime.names import (
     CONTEXT_NAMES,
     ENTRY_FIELDS,
@@ -21,6 +20,7 @@ from matrixlang.runtime.names import (
     TEMPLATE_LOCALS,
     TEMPLATE_REMOVED,
 )
+from matrixlang.runtime.semantics import templates as rt
 
 from . import nodes as n
 from .diagnostics import Diagnostics, did_you_mean

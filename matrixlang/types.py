@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import regex
 
-from matrixlang.runtime.expr import FUNCTIONS
 from matrixlang.runtime.names import CONTEXT_NAMES, ENTRY_FIELDS
+from matrixlang.runtime.semantics.expr import FUNCTIONS
 
 from . import nodes as n
 from .diagnostics import Diagnostics, did_you_mean

@@ -3,7 +3,7 @@
     from matrixlang.runtime import run, RunOptions
     summary = run(ir, RunOptions(input="rows.jsonl", output="out.jsonl", backend="sim"))
 
-Names are imported lazily, so that ``import matrixlang.runtime.engine`` (no Ray) stays cheap.
+Names are imported lazily, so that ``import matrixlang.runtime.semantics.engine`` (no Ray) stays cheap.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "run": "run", "RunOptions": "run", "RunError": "run",
-    "Engine": "engine", "StepError": "engine", "LLMCall": "engine", "ToolCall": "engine", "Reply": "engine",
-    "Message": "message", "load_ir": "ir", "IRError": "ir",
+    "run": "control.run", "RunOptions": "control.run", "RunError": "control.run",
+    "Engine": "semantics.engine", "StepError": "semantics.engine", "LLMCall": "semantics.engine",
+    "ToolCall": "semantics.engine", "Reply": "semantics.engine",
+    "Message": "semantics.message", "load_ir": "ir", "IRError": "ir",
 }
 
 __all__ = sorted(_EXPORTS)

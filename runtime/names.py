@@ -4,8 +4,8 @@ The runtime owns it (the checker's resolver takes its builtins from the evaluato
 starlark-go's `resolve.go` does), and it imports nothing: `import matrixlang.checker` reads it without
 pulling in Ray, and the runtime never imports the front end. The other two tables live beside their
 implementations and are read from there by the checker too:
-- functions, with arity and argument types: `expr.FUNCTIONS` (runtime/expr.py);
-- template filters and tests: `templates.FILTERS`, `templates.TESTS` (runtime/templates.py), the
+- functions, with arity and argument types: `expr.FUNCTIONS` (runtime/semantics/expr.py);
+- template filters and tests: `templates.FILTERS`, `templates.TESTS` (runtime/semantics/templates.py), the
   runtime's own jinja2 environment, built from `TEMPLATE_SETTINGS` and `TEMPLATE_GLOBALS` below.
 
 Documented in docs/language.md (expressions, templates, limits) and docs/ir.md (defaults).

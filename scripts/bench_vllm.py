@@ -49,7 +49,7 @@ def rows(path: Path, n: int) -> None:
 
 
 def run_rows(ir: dict, tmp: Path, n: int, tag: str) -> dict:
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     rows(tmp / "in.jsonl", n)
     s = run(ir, RunOptions(input=str(tmp / "in.jsonl"), output=str(tmp / f"{tag}.jsonl"), overwrite=True,
@@ -59,7 +59,7 @@ def run_rows(ir: dict, tmp: Path, n: int, tag: str) -> dict:
 
 
 async def burst(client, n: int) -> dict:
-    from matrixlang.runtime.engine import LLMCall
+    from matrixlang.runtime.semantics.engine import LLMCall
 
     calls = [LLMCall("a", "tiny", [{"role": "user", "content": f"burst {i}"}],
                      {"max_tokens": 64, "ignore_eos": True, "temperature": 0.8}, None, 0, 1, "k") for i in range(n)]
@@ -72,7 +72,7 @@ async def burst(client, n: int) -> dict:
 
 
 def bench_serve(tiny: str, a, tmp: Path) -> None:
-    from matrixlang.runtime import serve_deploy as sd
+    from matrixlang.runtime.backends import serve_deploy as sd
 
     ir = compile_text(workflow("bench_serve", f'''  backend = "vllm"
   name = "{tiny}"
@@ -95,7 +95,7 @@ def bench_serve(tiny: str, a, tmp: Path) -> None:
 
 
 def bench_http(tiny: str, a, tmp: Path) -> None:
-    from matrixlang.runtime.openai_client import OpenAIClient, close_shared_session, resolve_model
+    from matrixlang.runtime.backends.openai_client import OpenAIClient, close_shared_session, resolve_model
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,7 +42,7 @@ def test_rows_follow_the_length_distributions():
 
 @pytest.mark.ray
 def test_replay_sends_what_the_run_sent(tmp_path):
-    from matrixlang.runtime.simserver import SimServerProcess
+    from matrixlang.runtime.backends.simserver import SimServerProcess
 
     wl.main(["programs", str(tmp_path), "--model", "bench"])
     rows = tmp_path / "rows.jsonl"
@@ -76,7 +76,7 @@ def test_replay_sends_what_the_run_sent(tmp_path):
 @pytest.mark.skipif(find_spec("langgraph") is None or find_spec("openai") is None,
                     reason="langgraph and openai are not installed")
 def test_langgraph_client_does_the_same_work(tmp_path):
-    from matrixlang.runtime.simserver import SimServerProcess
+    from matrixlang.runtime.backends.simserver import SimServerProcess
 
     rows = tmp_path / "rows.jsonl"
     wl.main(["rows", "6", str(rows)])

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from jinja2.defaults import DEFAULT_FILTERS, DEFAULT_NAMESPACE, DEFAULT_TESTS
 from matrixlang.runtime import names
-from matrixlang.runtime import templates as rt
-from matrixlang.runtime.engine import Engine
-from matrixlang.runtime.expr import FUNCTIONS, ExprError, compile_expr
 from matrixlang.runtime.ir import IRError, load_ir
+from matrixlang.runtime.semantics import templates as rt
+from matrixlang.runtime.semantics.engine import Engine
+from matrixlang.runtime.semantics.expr import FUNCTIONS, ExprError, compile_expr
 
 from matrixlang.compiler import compile_source
 from matrixlang.parser import KEYWORDS
@@ -402,17 +402,17 @@ def test_regex_without_group_warns_and_the_runtime_uses_the_whole_match() -> Non
     ir, diags = check(program(extract='extract x = regex(r"Answer: [A-D]")', output={"v": "a.x"}))
     assert [d.code for d in diags] == ["W006"]
     assert ir is not None
-    from matrixlang.runtime.extract import Extractor
+    from matrixlang.runtime.semantics.extract import Extractor
 
     assert Extractor(ir["agents"]["a"]["extracts"], "a").run("so. Answer: B!") == {"x": "Answer: B"}
 
 
 def test_defaults_are_the_tables() -> None:
-    from matrixlang.runtime.agent import AgentConfig
-    from matrixlang.runtime.driver import DriverConfig
-    from matrixlang.runtime.openai_client import OpenAIModel
-    from matrixlang.runtime.run import RunOptions
-    from matrixlang.runtime.serve_deploy import VLLMModel
+    from matrixlang.runtime.actors.agent import AgentConfig
+    from matrixlang.runtime.backends.openai_client import OpenAIModel
+    from matrixlang.runtime.backends.serve_deploy import VLLMModel
+    from matrixlang.runtime.control.driver import DriverConfig
+    from matrixlang.runtime.control.run import RunOptions
 
     from matrixlang.cli import build_parser
 
@@ -447,7 +447,7 @@ def test_the_checker_does_not_import_ray() -> None:
 
 
 def test_the_runtime_does_not_import_the_front_end() -> None:
-    code = ("import sys, matrixlang.runtime.run, matrixlang.runtime.engine, matrixlang.runtime.names\n"
+    code = ("import sys, matrixlang.runtime.control.run, matrixlang.runtime.semantics.engine, matrixlang.runtime.names\n"
             "bad = sorted(m for m in sys.modules if m.startswith('matrixlang.')\n"
             "             and not m.startswith('matrixlang.runtime'))\n"
             "assert not bad, f'the runtime imports the front end: {bad}'\n")

@@ -28,7 +28,7 @@ IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "d
 # Source folder -> installed package: the fixed layout of the repository.
 ROOTS = {"matrixlang": "matrixlang", "runtime": "matrixlang/runtime", "grammar": "matrixlang/grammar"}
 # Modules that may import an optional extra the default install does not carry.
-OPTIONAL = {"matrixlang.runtime.vllm_serve": "vllm"}
+OPTIONAL = {"matrixlang.runtime.backends.vllm_serve": "vllm"}
 
 Installed = tuple[Path, Path, dict[str, str]]
 
@@ -118,7 +118,7 @@ print(json.dumps({"hooks": hooks, "done": done, "failed": failed, "path": sys.pa
         assert Path(file).resolve().is_relative_to(site_dir), (name, file)
     assert out["failed"].items() <= OPTIONAL.items(), "modules that do not import from the wheel"
     modules = {name for name, _ in out["done"]}
-    assert {"matrixlang.cli", "matrixlang.commands.run", "matrixlang.runtime.run", "matrixlang.runtime.sink"} <= modules
+    assert {"matrixlang.cli", "matrixlang.commands.run", "matrixlang.runtime.control.run", "matrixlang.runtime.actors.sink"} <= modules
 
 
 def test_installed_mxc_works_outside_the_checkout(installed: Installed, tmp_path: Path) -> None:

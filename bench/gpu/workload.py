@@ -1,7 +1,7 @@
 """The GPU benchmark's workload: a Coral-like two-agent conversation with growing histories and fixed
 length distributions, written as input rows, a .mx program (one per backend) and its IR with
 `ignore_eos` in the model's params; and the conversation rebuilt from an output row, call by call,
-exactly as the runtime builds it (runtime/engine.py `prepare_call`), for the replay and the
+exactly as the runtime builds it (runtime/semantics/engine.py `prepare_call`), for the replay and the
 LangGraph client.
 
 Lengths (the same for every system measured, real or random weights):

@@ -95,8 +95,8 @@ def run(args) -> int:
     ir = _load_ir(args.file)
     if ir is None:
         return 1
-    from matrixlang.runtime.run import RunError, RunOptions, RunStopped
-    from matrixlang.runtime.run import run as run_ir
+    from matrixlang.runtime.control.run import RunError, RunOptions, RunStopped
+    from matrixlang.runtime.control.run import run as run_ir
 
     opts = RunOptions(
         input=args.input, output=args.output, backend=args.backend, max_in_flight=args.max_in_flight,

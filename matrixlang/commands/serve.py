@@ -89,8 +89,8 @@ def connect(address: str | None, local: bool) -> bool:
     """Attach to the cluster (``local``: start one when none is given). False after saying why not."""
     import ray
 
-    from matrixlang.runtime.cluster import connect as connect_or_start
-    from matrixlang.runtime.cluster import unreachable
+    from matrixlang.runtime.control.cluster import connect as connect_or_start
+    from matrixlang.runtime.control.cluster import unreachable
 
     if local:
         connect_or_start(address)
@@ -118,7 +118,7 @@ def serve_cmd(args) -> int:
     ir = load_ir(args.file)
     if ir is None:
         return 1
-    from matrixlang.runtime import serve_deploy as sd
+    from matrixlang.runtime.backends import serve_deploy as sd
 
     names = sd.vllm_models(ir)
     if not names:

@@ -71,7 +71,7 @@ def token_range(text: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from ..runtime.simserver import SimServerConfig, serve_forever
+    from ..runtime.backends.simserver import SimServerConfig, serve_forever
 
     try:
         retry_after = float(args.retry_after)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from matrixlang.runtime.engine import Engine, LLMCall, Reply
-from matrixlang.runtime.sandbox import check_support, run_python
+from matrixlang.runtime.sandbox.bwrap import check_support, run_python
+from matrixlang.runtime.semantics.engine import Engine, LLMCall, Reply
 
 from matrixlang.compiler import compile_file
 
@@ -166,7 +166,7 @@ def test_simulation_is_deterministic_per_seed(irs):
 
 
 def run_on_ray(ir: dict, name: str, out: Path) -> dict:
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     run(ir, RunOptions(input=str(DATA / f"{name}.jsonl"), output=str(out), backend="sim", seed=0,
                        progress="off", print_summary=False))

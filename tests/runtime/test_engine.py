@@ -9,12 +9,12 @@ import subprocess
 import sys
 from typing import Any
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.engine import Engine, LLMCall, Reply, StepError, ToolCall
 from matrixlang.runtime.ir import IRError, load_ir
-from matrixlang.runtime.message import Message
-from matrixlang.runtime.templates import MissingText
+from matrixlang.runtime.semantics.engine import Engine, LLMCall, Reply, StepError, ToolCall
+from matrixlang.runtime.semantics.message import Message
+from matrixlang.runtime.semantics.templates import MissingText
+from support import ir_fixtures as F
 
 CORAL_ROW = {"id": "q1", "question": "What is 2+2?", "choices": ["3", "4", "5"], "answer": "B"}
 DOC = {"id": "d1", "text": "If all men are mortal and Socrates is a man, then Socrates is mortal."}
@@ -400,8 +400,8 @@ def test_sim_determinism_regardless_of_order_and_seed_sensitive() -> None:
 
 def test_sim_determinism_across_processes() -> None:
     code = (
-        "import json, sys; sys.path.insert(0, 'tests/runtime'); import ir_fixtures as F\n"
-        "from matrixlang.runtime.engine import Engine\n"
+        "import json, sys; sys.path.insert(0, 'tests'); from support import ir_fixtures as F\n"
+        "from matrixlang.runtime.semantics.engine import Engine\n"
         "e = Engine(F.coral(), seed=5, backend='sim')\n"
         "m = e.new_message(json.dumps({'id': 'z', 'question': 'Q', 'choices': ['a']}), 0, 0.0)\n"
         "c = e.prepare_call(m, [])\n"
@@ -520,7 +520,7 @@ _TOOL_RUNS: dict[str, Reply] = {}
 def run_sim(eng: Engine, lines: list[str]) -> list[dict]:
     """Run rows to completion under the simulator; tool calls run the code in a real Python subprocess
     (once per distinct program: its output is a function of its input)."""
-    from matrixlang.runtime.simmodel import sim_reply
+    from matrixlang.runtime.backends.simmodel import sim_reply
 
     outs = []
     for pos, line in enumerate(lines):

@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 import pytest
-from ir_fixtures import and_, attr, bin, call, dot, index, list_, lit, neg, not_, or_, var
-from matrixlang.runtime.expr import ExprError, compile_expr, reads, to_str
 from matrixlang.runtime.ir import IRError
+from matrixlang.runtime.semantics.expr import ExprError, compile_expr, reads, to_str
+from support.ir_fixtures import and_, attr, bin, call, dot, index, list_, lit, neg, not_, or_, var
 
 
 class DictScope:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from polling import wait_for
+from support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]   # ~40 s: a head node with its dashboard (jobs API)

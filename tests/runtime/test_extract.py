@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from matrixlang.runtime.extract import Extractor, compile_regex, follow_path
 from matrixlang.runtime.ir import IRError
+from matrixlang.runtime.semantics.extract import Extractor, compile_regex, follow_path
 
 REGEX_TABLE = [
     (r"Answer:\s*([A-J])", "I think... Answer: C", "C"),

@@ -9,10 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
 import ray
-from matrixlang.runtime.run import RunOptions, run
+from matrixlang.runtime.control.run import RunOptions, run
+from support import ir_fixtures as F
 
 pytestmark = pytest.mark.ray
 
@@ -174,7 +174,7 @@ def test_a_call_to_an_actor_that_dies_in_it_is_made_again_once_it_restarts(ray_l
     """Found by the chaos run: the sink SIGKILLed while the driver's `done_ids` call was in flight ended
     `mxc run` with an internal error (ActorUnavailableError). run.py's calls to the sink at the start and
     the end of a run (and the start-up pings) are made again while the actor restarts."""
-    from matrixlang.runtime.run import RunError, _get_restarting
+    from matrixlang.runtime.control.run import RunError, _get_restarting
 
     with pytest.raises(ray.exceptions.RayActorError):         # the control: a plain ray.get fails
         ray.get(_DiesInItsFirstCall.remote(str(tmp_path / "a")).value.remote())

@@ -8,13 +8,13 @@ import contextlib
 import copy
 import json
 
-import ir_fixtures as F
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from matrixlang.runtime.engine import Engine, LLMCall, Reply, StepError
-from matrixlang.runtime.run import RunError, RunOptions, preflight
-from matrixlang.runtime.sink import encode_line
+from matrixlang.runtime.actors.sink import encode_line
+from matrixlang.runtime.control.run import RunError, RunOptions, preflight
+from matrixlang.runtime.semantics.engine import Engine, LLMCall, Reply, StepError
+from support import ir_fixtures as F
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

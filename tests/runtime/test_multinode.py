@@ -19,10 +19,10 @@ pytestmark = pytest.mark.ray
 SCRIPT = textwrap.dedent("""
     import copy, json, sys
     sys.path.insert(0, sys.argv[1])
-    import ir_fixtures as F
+    from support import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     tmp = sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -73,10 +73,10 @@ def test_run_on_a_three_node_cluster(tmp_path):
 NODE_LOSS = textwrap.dedent("""
     import copy, json, sys, threading, time
     sys.path.insert(0, sys.argv[1])
-    import ir_fixtures as F
+    from support import ir_fixtures as F
     import ray
     from ray.cluster_utils import Cluster
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     tmp = sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

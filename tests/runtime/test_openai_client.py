@@ -13,9 +13,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
-from matrixlang.runtime.endpoints import EndpointPool, display_url
-from matrixlang.runtime.engine import LLMCall
-from matrixlang.runtime.openai_client import (
+from matrixlang.runtime.backends.endpoints import EndpointPool, display_url
+from matrixlang.runtime.backends.openai_client import (
     ModelCallError,
     OpenAIClient,
     OpenAIModel,
@@ -25,8 +24,9 @@ from matrixlang.runtime.openai_client import (
     resolve_models,
     resolve_urls,
 )
-from matrixlang.runtime.simmodel import filler_text
-from matrixlang.runtime.simserver import SimServer, SimServerConfig, SimServerProcess
+from matrixlang.runtime.backends.simmodel import filler_text
+from matrixlang.runtime.backends.simserver import SimServer, SimServerConfig, SimServerProcess
+from matrixlang.runtime.semantics.engine import LLMCall
 
 MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}]
 

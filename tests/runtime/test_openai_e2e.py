@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import ray
-from matrixlang.runtime.run import RunError, RunOptions, run
-from matrixlang.runtime.simserver import SimServerProcess
+from matrixlang.runtime.backends.simserver import SimServerProcess
+from matrixlang.runtime.control.run import RunError, RunOptions, run
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir

@@ -15,10 +15,10 @@ import sys
 import uuid
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunOptions, RunStopped, run
-from matrixlang.runtime.sink import encode_line
+from matrixlang.runtime.actors.sink import encode_line
+from matrixlang.runtime.control.run import RunOptions, RunStopped, run
+from support import ir_fixtures as F
 
 pytestmark = pytest.mark.ray
 

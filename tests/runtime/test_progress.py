@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from matrixlang.runtime.progress import RunProgress, count_rows, percentile, print_summary
+from matrixlang.runtime.control.progress import RunProgress, count_rows, percentile, print_summary
 
 
 class Tty(io.StringIO):

@@ -67,7 +67,7 @@ def compile_file(path: Path) -> dict:
 
 
 def run_rows(ir: dict, workflow: str, tmp: Path, run_id: str) -> tuple[Path, dict]:
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     src = [json.loads(x) for x in (ROOT / "workflows" / "data" / f"{workflow}.jsonl").read_text().splitlines()
            if x.strip()][:ROWS]

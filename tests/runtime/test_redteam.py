@@ -12,11 +12,11 @@ import json
 import os
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.cluster import Topology
-from matrixlang.runtime.driver import Driver, DriverConfig
-from matrixlang.runtime.engine import Engine
+from matrixlang.runtime.control.cluster import Topology
+from matrixlang.runtime.control.driver import Driver, DriverConfig
+from matrixlang.runtime.semantics.engine import Engine
+from support import ir_fixtures as F
 
 from matrixlang.cli import main
 
@@ -116,7 +116,7 @@ ID_ROWS = [{"id": 1, "n": 0},      # own id 1
 
 
 def _run_opts(inp, out, **kw):
-    from matrixlang.runtime.run import RunOptions
+    from matrixlang.runtime.control.run import RunOptions
 
     return RunOptions(input=str(inp), output=str(out), backend="sim", progress="off", print_summary=False, **kw)
 
@@ -125,7 +125,7 @@ def _run_opts(inp, out, **kw):
 def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
     """A row without an id got its position as id and collided with the row whose id is that number;
     a repeated id was dropped with only a line in the summary. N input lines must give N output rows."""
-    from matrixlang.runtime.run import run
+    from matrixlang.runtime.control.run import run
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in ID_ROWS))
@@ -157,9 +157,9 @@ def test_break3_every_input_line_gives_one_output_row(ray_local, tmp_path):
 
 _HANG = r"""
 import json, sys, time
-sys.path.insert(0, "tests/runtime")
-import ir_fixtures as F
-from matrixlang.runtime.engine import Engine, Reply
+sys.path.insert(0, "tests")
+from support import ir_fixtures as F
+from matrixlang.runtime.semantics.engine import Engine, Reply
 kind, pattern, text = sys.argv[1], sys.argv[2], sys.argv[3] * int(sys.argv[4]) + sys.argv[5]
 ir = F.loop(max_steps=3)
 if kind == "extract":
@@ -218,7 +218,7 @@ def test_break2_row_timeout_cuts_off_a_step_in_flight(ray_local, tmp_path):
     the model took. Now the step in flight is cut off when the row's time is up."""
     import time
 
-    from matrixlang.runtime.run import run
+    from matrixlang.runtime.control.run import run
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text('{"n": 1}\n{"n": 2}\n')
@@ -258,7 +258,7 @@ async def _app(routes):
 def test_break4_credentials_never_follow_a_redirect_to_another_origin():
     """The `GET /models` probe (urllib) followed a 302 to another origin with `Authorization: Bearer`."""
     from aiohttp import web
-    from matrixlang.runtime.openai_client import OpenAIClient, OpenAIModel, Secret, probe_owner
+    from matrixlang.runtime.backends.openai_client import OpenAIClient, OpenAIModel, Secret, probe_owner
 
     seen: list[tuple[str, str | None]] = []
 
@@ -280,7 +280,7 @@ def test_break4_credentials_never_follow_a_redirect_to_another_origin():
                                              retries=0))
                 with contextlib.suppress(Exception):
                     await c.chat([{"role": "user", "content": "x"}])
-                from matrixlang.runtime.openai_client import close_shared_session
+                from matrixlang.runtime.backends.openai_client import close_shared_session
                 await close_shared_session()
                 return owner
 
@@ -297,7 +297,7 @@ def test_break4_an_echoed_key_never_reaches_the_output(case):
     `_meta.detail`); an echoed prefix of a long key was not scrubbed; a key echoed in a 200 reply went
     into the reply text (and so the output)."""
     from aiohttp import web
-    from matrixlang.runtime.openai_client import (
+    from matrixlang.runtime.backends.openai_client import (
         ModelCallError,
         OpenAIClient,
         OpenAIModel,
@@ -334,7 +334,7 @@ def test_break4_an_echoed_key_never_reaches_the_output(case):
 
 
 def test_break4_scrub():
-    from matrixlang.runtime.openai_client import scrub
+    from matrixlang.runtime.backends.openai_client import scrub
 
     assert scrub("a KEY-12345678-tail b", "KEY-12345678-tail") == "a *** b"
     assert scrub("cut: KEY-1234", "KEY-12345678-tail") == "cut: ***"
@@ -411,7 +411,7 @@ def test_break6_summary_into_a_missing_folder_is_written(ray_local, capsys, tmp_
 def test_a_tool_whose_jail_cannot_start_ends_its_rows_as_tool_error(ray_local, tmp_path):
     """`memory = 1MB` passes the checker, but the interpreter cannot load in 1 MiB of address space:
     each row ends as error/tool_error with the loader's reason, not as an exit code 127 of its snippet."""
-    from matrixlang.runtime.run import run
+    from matrixlang.runtime.control.run import run
 
     ir = F.coder()
     ir["tools"]["sandbox"]["memory_bytes"] = 1 << 20

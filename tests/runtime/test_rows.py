@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from ir_fixtures import coral, typed_input
-from matrixlang.runtime.engine import Engine
-from matrixlang.runtime.rows import BadRow, RowValidator
+from matrixlang.runtime.semantics.engine import Engine
+from matrixlang.runtime.semantics.rows import BadRow, RowValidator
+from support.ir_fixtures import coral, typed_input
 
 GOOD = {"id": 5, "s": "x", "i": 1, "f": 1.5, "b": False, "j": {"any": [1]}, "ls": ["a"], "lli": [[1], []]}
 

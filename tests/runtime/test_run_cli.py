@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
+from support import ir_fixtures as F
 
 from matrixlang.cli import main
 
@@ -89,7 +89,7 @@ def test_a_dead_cluster_address_exits_2_at_once(files, how):
 
 
 def test_every_flag_reaches_the_run_options(files, monkeypatch):
-    import matrixlang.runtime.run as runmod
+    import matrixlang.runtime.control.run as runmod
 
     seen = {}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunOptions, run
-from matrixlang.runtime.simserver import SimServerProcess
+from matrixlang.runtime.backends.simserver import SimServerProcess
+from matrixlang.runtime.control.run import RunOptions, run
+from support import ir_fixtures as F
 from test_run_semantics import coral_rows, read_out, reference, strip_timing, write_rows
 
 pytestmark = pytest.mark.ray

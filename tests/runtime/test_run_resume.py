@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.run import RunError, RunOptions, run
+from matrixlang.runtime.control.run import RunError, RunOptions, run
+from support import ir_fixtures as F
 
 pytestmark = pytest.mark.ray
 

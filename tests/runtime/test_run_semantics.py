@@ -12,12 +12,12 @@ import copy
 import json
 from pathlib import Path
 
-import ir_fixtures as F
 import pytest
-from matrixlang.runtime.agent import message_bytes
-from matrixlang.runtime.engine import Engine, LLMCall, Reply
-from matrixlang.runtime.run import RunOptions, run
-from matrixlang.runtime.simmodel import sim_reply
+from matrixlang.runtime.actors.routing import message_bytes
+from matrixlang.runtime.backends.simmodel import sim_reply
+from matrixlang.runtime.control.run import RunOptions, run
+from matrixlang.runtime.semantics.engine import Engine, LLMCall, Reply
+from support import ir_fixtures as F
 
 pytestmark = pytest.mark.ray
 

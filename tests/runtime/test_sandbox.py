@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from matrixlang.runtime import sandbox
-from matrixlang.runtime.sandbox import (
+from matrixlang.runtime.sandbox import bwrap as sandbox
+from matrixlang.runtime.sandbox.bwrap import (
     MAX_PROCESSES,
     Limits,
     SandboxFailed,
@@ -29,7 +29,7 @@ from matrixlang.runtime.sandbox import (
     check_support,
     run_python,
 )
-from polling import wait_for
+from support.polling import wait_for
 
 SPEC = {"kind": "python", "timeout_s": 10.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 65536, "replicas": 1, "max_concurrency": 4}
@@ -226,7 +226,7 @@ def test_the_jail_dies_with_its_caller() -> None:
     """SIGKILL the process that called run_python: the snippet and its children die too."""
     marker = "mx" + secrets.token_hex(6)
     caller = subprocess.Popen([sys.executable, "-c", (
-        "from matrixlang.runtime.sandbox import run_python\n"
+        "from matrixlang.runtime.sandbox.bwrap import run_python\n"
         f"run_python({marked_sleeper(marker)!r}, {{'timeout_s': 120}})")])
     try:
         assert wait_for(lambda: len(named_processes(marker)) == 2)
@@ -501,7 +501,7 @@ def test_a_jail_that_cannot_start_is_a_failure_of_the_tool_not_an_exit_code() ->
 def test_refuses_when_the_jail_is_missing(tmp_path) -> None:
     """A process that cannot find bwrap refuses to run the snippet and says why."""
     code = textwrap.dedent("""
-        from matrixlang.runtime.sandbox import SandboxUnsupported, check_support, run_python
+        from matrixlang.runtime.sandbox.bwrap import SandboxUnsupported, check_support, run_python
         print(check_support({}))
         try:
             run_python("open('/tmp/ran', 'w')", {})
@@ -522,9 +522,9 @@ def test_unprivileged_caller_gets_the_same_containment(tcp_server) -> None:
     driver = textwrap.dedent(f"""
         import importlib, json, sys, types
         pkg = types.ModuleType("mxrt")  # the runtime directory as a bare package (no Ray needed)
-        pkg.__path__ = [{str(Path(sandbox.__file__).resolve().parent)!r}]
+        pkg.__path__ = [{str(Path(sandbox.__file__).resolve().parent.parent)!r}]
         sys.modules["mxrt"] = pkg
-        sbx = importlib.import_module("mxrt.sandbox")
+        sbx = importlib.import_module("mxrt.sandbox.bwrap")
         code = sys.stdin.read()
         print(json.dumps({{"support": sbx.check_support({{}}),
                           "res": sbx.run_python(code, {{"timeout_s": 5}}).to_dict()}}))

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from matrixlang.runtime import serve_deploy as sd
-from matrixlang.runtime.vllm_serve import cpu_binding, sampling_kwargs
+from matrixlang.runtime.backends import serve_deploy as sd
+from matrixlang.runtime.backends.vllm_serve import cpu_binding, sampling_kwargs
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir
@@ -165,7 +165,7 @@ def test_cli_usage_errors(tmp_path):
 
 @pytest.mark.ray
 def test_run_refuses_a_vllm_model_that_is_not_deployed(ray_local, ir, tmp_path):
-    from matrixlang.runtime.run import RunError, RunOptions, run
+    from matrixlang.runtime.control.run import RunError, RunOptions, run
 
     rows = tmp_path / "in.jsonl"
     rows.write_text('{"id": "r0", "q": "x"}\n')
@@ -213,9 +213,9 @@ def test_only_the_vllm_adapter_imports_vllm():
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 if any(n == "vllm" or n.startswith("vllm.") for n in names):
                     importers.add(f"{mod.__name__}:{path.relative_to(pkg).as_posix()}")
-    assert importers == {"matrixlang.runtime:vllm_serve.py"}
-    code = ("import sys, matrixlang.cli, matrixlang.runtime.run, matrixlang.runtime.serve_deploy, "
-            "matrixlang.runtime.agent; print(sorted(m for m in sys.modules if m.split('.')[0] == 'vllm'))")
+    assert importers == {"matrixlang.runtime:backends/vllm_serve.py"}
+    code = ("import sys, matrixlang.cli, matrixlang.runtime.control.run, matrixlang.runtime.backends.serve_deploy, "
+            "matrixlang.runtime.actors.agent; print(sorted(m for m in sys.modules if m.split('.')[0] == 'vllm'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from matrixlang.runtime.simmodel import FILLER_WORDS, SimCapacity, filler_text, sim_reply
+from matrixlang.runtime.backends.simmodel import FILLER_WORDS, SimCapacity, filler_text, sim_reply
 
 
 def test_sim_reply_uses_the_rendered_template_verbatim() -> None:

@@ -15,8 +15,8 @@ import sys
 
 import aiohttp
 import pytest
-from matrixlang.runtime.simmodel import filler_text
-from matrixlang.runtime.simserver import SimServer, SimServerConfig, SimServerProcess
+from matrixlang.runtime.backends.simmodel import filler_text
+from matrixlang.runtime.backends.simserver import SimServer, SimServerConfig, SimServerProcess
 
 from matrixlang.commands.sim_server import duration, token_range
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from matrixlang.runtime.ir import IRError
-from matrixlang.runtime.templates import LazyRandom, RenderError, Template
+from matrixlang.runtime.semantics.templates import LazyRandom, RenderError, Template
 
 CTX: dict[str, Any] = {
     "row": {"question": "2+2?", "choices": ["3", "4"], "items": "field, not method", "n": None},

@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from typing import Any
 
 import pytest
-from matrixlang.runtime.toolservice import ToolPool, ToolService, start_tool_services
-from polling import wait_for
+from matrixlang.runtime.actors.tool_service import ToolPool, ToolService
+from support.polling import wait_for
+
+
+def start_tool_services(tool_name: str, spec: dict[str, Any], **options: Any) -> list[Any]:
+    """Start `spec["replicas"]` ToolService actors for one tool; `options` go to `.options()`."""
+    return [ToolService.options(**options).remote() for _ in range(max(1, int(spec.get("replicas", 1))))]
+
 
 SPEC = {"kind": "python", "timeout_s": 20.0, "memory_bytes": 256 << 20, "cpu_s": 10.0, "network": False,
         "max_output_bytes": 4096, "replicas": 2, "max_concurrency": 2}

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import ray
-from matrixlang.runtime.transport import Outbox, pack, pick_two, unpack
+from matrixlang.runtime.transport.outbox import Outbox, pack, pick_two, unpack
 
 pytestmark = pytest.mark.ray
 
@@ -131,3 +131,19 @@ def test_pack_round_trip():
     batch = [{"id": 1, "text": "é" * 3}, ("req", 2, None), "line"]
     assert unpack(pack(batch)) == batch
     assert unpack(batch) is batch              # plain lists pass through
+
+
+def test_the_protocol_names_methods_its_receivers_have():
+    """Each one-way method of transport/protocol.py is a method of the actors that receive it."""
+    from matrixlang.runtime.actors.agent import AgentActor
+    from matrixlang.runtime.actors.coordinator import Coordinator
+    from matrixlang.runtime.actors.sim_service import SimService
+    from matrixlang.runtime.actors.sink import Sink
+    from matrixlang.runtime.transport import protocol as p
+
+    receivers = {p.DELIVER: (AgentActor, Coordinator, Sink), p.SUBMIT: (SimService,), p.REPLIES: (AgentActor,),
+                 p.FETCH: (Sink,), p.FETCHED: (AgentActor,), p.OFFLOAD: (Sink,)}
+    for method, actors in receivers.items():
+        for actor in actors:
+            cls = actor.__ray_actor_class__
+            assert callable(getattr(cls, method, None)), (cls.__name__, method)

@@ -157,7 +157,7 @@ def check_rows(out_path: Path, ids: list[str], tok, topics: dict[str, str]) -> d
 
 
 def run_workflow(ir: dict, tmp: Path, run_id: str):
-    from matrixlang.runtime.run import RunOptions, run
+    from matrixlang.runtime.control.run import RunOptions, run
 
     inp = tmp / "in.jsonl"
     ids = write_rows(inp)
@@ -206,7 +206,7 @@ class TestServeDeployment:
         assert r.returncode == 0 and r.stdout.strip() == "tiny: mx-vllm_duo-tiny RUNNING (2 running)"
 
     def test_workflow_through_serve_handles(self, served, tokenizer, tmp_path):
-        from matrixlang.runtime import serve_deploy as sd
+        from matrixlang.runtime.backends import serve_deploy as sd
 
         _, ir, _ = served
         before = sd.replica_infos(ir, "tiny")
@@ -295,7 +295,7 @@ def test_vllm_serve_through_the_openai_backend(ray_local, vllm_server, tokenizer
 
 
 def test_render_prompt_with_and_without_a_chat_template(tokenizer):
-    from matrixlang.runtime.vllm_serve import render_prompt
+    from matrixlang.runtime.backends.vllm_serve import render_prompt
 
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     assert render_prompt(tokenizer, msgs) == "<|system|>\nS</s>\n<|user|>\nU</s>\n<|assistant|>\n"
@@ -311,7 +311,7 @@ def test_a_deploy_that_cannot_start_is_reported(ray_local, tmp_path):
     """A model vLLM cannot load: `mxc serve` gives up with Serve's reason (exit 1), --status says
     DEPLOY_FAILED (exit 1), `mxc run` refuses the workflow, --shutdown removes the application."""
     import ray
-    from matrixlang.runtime.run import RunError, RunOptions, run
+    from matrixlang.runtime.control.run import RunError, RunOptions, run
 
     prog = tmp_path / "broken.mx"
     missing = tmp_path / "no-such-model"

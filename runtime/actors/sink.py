@@ -26,10 +26,11 @@ from typing import Any
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .message import ID_DUPLICATE, ID_POSITION, id_key, position_key
-from .store import RefStore
-from .transport import Outbox, spawn, unpack
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..semantics.message import ID_DUPLICATE, ID_POSITION, id_key, position_key
+from ..transport.outbox import Outbox, spawn, unpack
+from ..transport.protocol import FETCHED
+from ..transport.store import RefStore
 
 
 def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
@@ -253,7 +254,7 @@ class Sink:
             handle = self._handles.get(reply_to)
         except ValueError:
             return
-        self._outbox.send(reply_to, handle, (req_id, texts), method="fetched")
+        self._outbox.send(reply_to, handle, (req_id, texts), method=FETCHED)
 
     def _wake(self) -> None:
         if self._event is not None:

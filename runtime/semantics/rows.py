@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..ir import IRError
 from .expr import type_name
-from .ir import IRError
 
 
 class BadRow(ValueError):

@@ -16,10 +16,11 @@ from collections.abc import Hashable
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .message import Message
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..semantics.message import Message
+from ..transport.outbox import Held, Outbox, pick_two, unpack
+from ..transport.protocol import TO_AGENT, TO_OUTPUT
 from .sink import item_key
-from .transport import Held, Outbox, pick_two, unpack
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -53,13 +54,13 @@ class Coordinator:
                 self._dispatch(item)
             else:
                 self.held[item[0]] += 1
-                self.outbox.send(("out",), self.handles.get(self.topo.sink), item)
+                self.outbox.send((TO_OUTPUT,), self.handles.get(self.topo.sink), item)
         return len(self.held)
 
     def _dispatch(self, msg: Message) -> None:
         names = self.topo.agents(msg.state)
-        name = pick_two(names, lambda n: self.outbox.load(("agent", n)), self.rng)
-        self.outbox.send(("agent", name), self.handles.get(name), msg)
+        name = pick_two(names, lambda n: self.outbox.load((TO_AGENT, n)), self.rng)
+        self.outbox.send((TO_AGENT, name), self.handles.get(name), msg)
 
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         for item in batch:
@@ -74,7 +75,7 @@ class Coordinator:
                 if isinstance(item, Message):
                     self._dispatch(item)
                 else:
-                    self.outbox.send(("out",), self.handles.get(self.topo.sink), item)
+                    self.outbox.send((TO_OUTPUT,), self.handles.get(self.topo.sink), item)
 
         asyncio.get_running_loop().call_later(0.2, resend)
 

@@ -37,8 +37,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import LLMCall, Reply
-from .names import CALL_TIMEOUT_S, MODEL_DEFAULTS, RETRIES
+from ..names import CALL_TIMEOUT_S, MODEL_DEFAULTS, RETRIES
+from ..semantics.engine import LLMCall, Reply
 
 DEPLOYMENT = "VLLMServer"
 HEALTH_CHECK_PERIOD_S = 10.0

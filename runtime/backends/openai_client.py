@@ -43,9 +43,9 @@ from typing import Any
 
 import aiohttp
 
+from ..names import CALL_TIMEOUT_S, OUTAGE_WAIT_S, RETRIES
+from ..semantics.engine import LLMCall, Reply
 from .endpoints import Endpoint, EndpointPool, display_url
-from .engine import LLMCall, Reply
-from .names import CALL_TIMEOUT_S, OUTAGE_WAIT_S, RETRIES
 
 log = logging.getLogger("matrixlang.runtime.openai")
 

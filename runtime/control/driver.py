@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import ray
 
-from .agent import output_line
+from ..actors.routing import output_line
+from ..actors.sink import item_key
+from ..names import MAX_IN_FLIGHT, ROW_ATTEMPTS
+from ..semantics.engine import Engine
+from ..semantics.message import Message
+from ..transport.outbox import Held, Outbox, pick_two
+from ..transport.protocol import TO_AGENT, TO_COORDINATOR, TO_OUTPUT
 from .cluster import Handles, Topology
-from .engine import Engine
-from .message import Message
-from .names import MAX_IN_FLIGHT, ROW_ATTEMPTS
-from .sink import item_key
-from .transport import Held, Outbox, pick_two
 
 
 @dataclass(slots=True)
@@ -196,13 +197,13 @@ class Driver:
         if hold:
             self.held[key] += 1
         if msg.finished:
-            self.outbox.send(("out",), self.handles.get(self.topo.sink), output_line(self.engine, msg, []))
+            self.outbox.send((TO_OUTPUT,), self.handles.get(self.topo.sink), output_line(self.engine, msg, []))
         elif self.topo.central:
-            self.outbox.send(("coord",), self.handles.get(self.topo.coordinator), msg)
+            self.outbox.send((TO_COORDINATOR,), self.handles.get(self.topo.coordinator), msg)
         else:
             names = self.topo.agents(msg.state)
-            name = pick_two(names, lambda n: self.outbox.load(("agent", n)), self.rng)
-            self.outbox.send(("agent", name), self.handles.get(name), msg)
+            name = pick_two(names, lambda n: self.outbox.load((TO_AGENT, n)), self.rng)
+            self.outbox.send((TO_AGENT, name), self.handles.get(name), msg)
 
     def _complete(self, key: Hashable, info: dict) -> None:
         if self.inflight.pop(key, None) is None:

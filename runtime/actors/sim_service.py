@@ -19,9 +19,10 @@ import os
 
 import ray
 
-from .cluster import Handles, Topology, actor_info, tune_gc
-from .simmodel import SimCapacity, sim_reply
-from .transport import Outbox, unpack
+from ..backends.simmodel import SimCapacity, sim_reply
+from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..transport.outbox import Outbox, unpack
+from ..transport.protocol import REPLIES
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -87,7 +88,7 @@ class SimService:
         except ValueError:   # the requesting agent is gone for good
             handle = None
         if handle is not None and self._outbox is not None:
-            self._outbox.send(reply_to, handle, (req_id, text, prompt_tokens, tokens), method="replies")
+            self._outbox.send(reply_to, handle, (req_id, text, prompt_tokens, tokens), method=REPLIES)
         for ticket, granted in self.caps[model].release(replica):
             self._start(self._queued.pop(ticket), granted)
 

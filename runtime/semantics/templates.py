@@ -24,8 +24,8 @@ from jinja2 import TemplateSyntaxError, Undefined, meta, nodes, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .ir import IRError
-from .names import TEMPLATE_GLOBALS, TEMPLATE_SETTINGS
+from ..ir import IRError
+from ..names import TEMPLATE_GLOBALS, TEMPLATE_SETTINGS
 
 
 class MissingText(RuntimeError):

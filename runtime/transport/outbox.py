@@ -24,6 +24,8 @@ from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol import DELIVER
+
 AckFn = Callable[[Hashable, list, Any], None]
 ErrorFn = Callable[[Hashable, list, BaseException], None]
 
@@ -97,7 +99,7 @@ class Outbox:
         self._tasks: set[asyncio.Task] = set()
 
     # -- sending -----------------------------------------------------------------------------------
-    def send(self, dest: Hashable, handle: Any, item: Any, method: str = "deliver") -> None:
+    def send(self, dest: Hashable, handle: Any, item: Any, method: str = DELIVER) -> None:
         """Queue ``item`` for ``handle.<method>``; never blocks, never waits for the receiver."""
         lane = self._lanes.get(dest)
         if lane is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import regex as _regex
 
-from .ir import IRError
+from ..ir import IRError
 
 REGEX_TIMEOUT_S = 1.0   # CPU time one search may take
 

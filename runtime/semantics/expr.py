@@ -16,9 +16,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..ir import IRError
+from ..names import KINDS
 from .extract import BoundedRegex
-from .ir import IRError
-from .names import KINDS
 
 
 class ExprError(Exception):

@@ -20,8 +20,8 @@ from typing import Any
 
 import ray
 
-from .cluster import actor_info
-from .sandbox import Limits, SandboxFailed, SandboxResult, check_support, run_python
+from ..control.cluster import actor_info
+from ..sandbox.bwrap import Limits, SandboxFailed, SandboxResult, check_support, run_python
 
 _EMPTY = SandboxResult("", "", -1, False, False, 0.0, None)
 
@@ -99,11 +99,6 @@ class ToolService:
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""
         return actor_info()
-
-
-def start_tool_services(tool_name: str, spec: dict[str, Any], **options: Any) -> list[Any]:
-    """Start `spec["replicas"]` ToolService actors for one tool; `options` go to `.options()`."""
-    return [ToolService.options(**options).remote() for _ in range(max(1, int(spec.get("replicas", 1))))]
 
 
 class ToolPool:

@@ -20,16 +20,16 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .agent import AgentActor, AgentConfig
-from .central import Coordinator
+from ..actors.agent import AgentActor, AgentConfig
+from ..actors.coordinator import Coordinator
+from ..actors.sim_service import SimService
+from ..actors.sink import OutputLocked, Sink, drop_rows
+from ..ir import IRError, load_ir
+from ..names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS
+from ..semantics.engine import Engine
 from .cluster import Topology, connect, this_node_id
 from .driver import Driver, DriverConfig
-from .engine import Engine
-from .ir import IRError, load_ir
-from .names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS
 from .progress import RunProgress, count_rows, percentile, print_summary
-from .simservice import SimService
-from .sink import OutputLocked, Sink, drop_rows
 
 
 class RunError(Exception):
@@ -151,7 +151,7 @@ def preflight(ir: dict | str | Path, opts: RunOptions) -> Engine:
                 if model.get(key) is not None:
                     float(model[key])
         for name in {a.tool for a in engine.agents.values() if a.kind == "tool"}:
-            from .sandbox import Limits
+            from ..sandbox.bwrap import Limits
 
             try:
                 Limits.from_spec(engine.ir["tools"][name])
@@ -212,7 +212,7 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError(f"input {opts.input!r}: no such file")
     if any(a.kind == "tool" for a in engine.agents.values()):
         try:
-            from . import toolservice  # noqa: F401
+            from ..actors import tool_service  # noqa: F401
         except ImportError as e:
             raise RunError(f"this workflow has tool agents but the tool service is unavailable: {e}") from e
 
@@ -302,7 +302,7 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
         actors[topo.sim(i)] = SimService.options(name=topo.sim(i), scheduling_strategy="SPREAD").remote(
             models, topo, opts.coalesce)
     if topo.tools:
-        from .toolservice import ToolService
+        from ..actors.tool_service import ToolService
 
         for tool, n in topo.tools.items():
             for i in range(n):
@@ -358,7 +358,7 @@ def _openai_models(engine: Engine) -> dict:
     used = {s.model for s in engine.agents.values() if s.kind == "llm" and engine.model_backend(s.model) == "openai"}
     if not used:
         return {}
-    from .openai_client import resolve_models
+    from ..backends.openai_client import resolve_models
 
     try:
         return {m: spec for m, spec in resolve_models(engine.ir).items() if m in used}
@@ -371,7 +371,7 @@ def _vllm_models(engine: Engine) -> dict:
     used = [s.model for s in engine.agents.values() if s.kind == "llm" and engine.model_backend(s.model) == "vllm"]
     if not used:
         return {}
-    from .serve_deploy import ServeDeployError, resolve_models
+    from ..backends.serve_deploy import ServeDeployError, resolve_models
 
     try:
         return resolve_models(engine.ir, sorted(set(used)))

@@ -1,7 +1,7 @@
 """The code sandbox behind `tool kind = "python"`: run one snippet in a fresh, contained process.
 
 Each call of `run_python` starts a new isolated interpreter (`python -I -S -u -B`) inside a
-bubblewrap (`bwrap`) jail and waits for it. No Ray here: `matrixlang.runtime.toolservice` wraps
+bubblewrap (`bwrap`) jail and waits for it. No Ray here: `matrixlang.runtime.actors.tool_service` wraps
 this in an actor pool. See docs/sandbox.md for the full containment statement; in short:
 
 - namespaces: new PID, IPC, UTS and mount namespaces, and a new network namespace (only a
@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..names import TOOL_DEFAULTS
 from . import seccomp
-from .names import TOOL_DEFAULTS
 
 MAX_PROCESSES = 64  # RLIMIT_NPROC: tasks (processes and threads) the snippet may have at once
 MAX_OPEN_FILES = 1024  # RLIMIT_NOFILE

@@ -26,11 +26,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..ir import load_ir
+from ..names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .expr import Compiled, ExprError, compile_expr, reads
 from .extract import Extractor, RegexTimeout
-from .ir import load_ir
 from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message
-from .names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .rows import BadRow, RowValidator
 from .templates import LazyRandom, MissingText, RenderError, Template, compile_template
 

@@ -1,0 +1,1 @@
+"""How messages travel between actors: the coalescing outbox and the store of offloaded texts."""
