@@ -97,7 +97,7 @@ class AdaptiveLimit:
             self._long += 0.01 * (latency - self._long)
         self._samples += 1
         if (self._samples >= self.latency_samples and self._short > self.latency_factor * self._long
-                and sent >= self._cut_at):
+                and sent > self._cut_at):
             self.latency_decreases += 1
             self._short = self._long                 # measure afresh after the cut
             self._cut(self.clock())
@@ -118,7 +118,7 @@ class AdaptiveLimit:
             self.paused_s += now + retry_after - max(now, self.paused_until)
             self.paused_until = now + retry_after
             self.pauses += 1
-        if sent >= self._cut_at:
+        if sent > self._cut_at:
             self._cut(now)
         self._arm()
 
