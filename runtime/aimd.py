@@ -9,8 +9,9 @@ retry_after)`` (a 429, a 503, a timeout), ``sent`` being what ``acquire`` return
   long-term one, sets ``limit = max(min_limit, floor(min(limit, in_flight) * decrease))``, at most
   once per window: a signal from a call sent before the last decrease is ignored (those calls were
   already in flight when it was decided, like TCP's one cut per round trip).
-- Increase: every ``limit`` successes add one, up to ``max_limit``, when the limit was reached since
-  the last change (a limit nobody uses does not grow).
+- Increase: every ``max(limit, increase_after)`` successes add one, up to ``max_limit``, when the limit
+  was reached since the last change (a limit nobody uses does not grow). ``increase_after`` keeps a
+  small limit from doubling on every success (one 429 per success or two at limits of 1-3).
 - ``Retry-After``: the endpoint sends no new call until it has elapsed (``paused_until``); waiting calls
   go in FIFO order once it has.
 
@@ -35,19 +36,20 @@ class AdaptiveLimit:
     def __init__(self, max_limit: int, *, min_limit: int = AIMD_DEFAULTS["min_limit"],
                  decrease: float = AIMD_DEFAULTS["decrease"], latency_factor: float = AIMD_DEFAULTS["latency_factor"],
                  latency_samples: int = AIMD_DEFAULTS["latency_samples"],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 increase_after: int = AIMD_DEFAULTS["increase_after"], clock: Callable[[], float] = time.monotonic) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit} and {max_limit}")
         if not 0.0 < decrease < 1.0 or latency_factor <= 1.0:
             raise ValueError("need 0 < decrease < 1 and latency_factor > 1")
         self.min_limit, self.max_limit = min_limit, max_limit
         self.decrease, self.latency_factor, self.latency_samples = decrease, latency_factor, latency_samples
+        self.increase_after = max(1, increase_after)
         self.clock = clock
         self.limit = max_limit          # starts open: the caller's own concurrency is the first cap
         self.in_flight = 0
         self.paused_until = 0.0
         self._waiters: deque[asyncio.Future] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._cut_at = -math.inf        # when the limit was last decreased
         self._successes = 0             # since the last change
         self._peak = 0                  # most in flight since the last change
@@ -103,7 +105,7 @@ class AdaptiveLimit:
             self._cut(self.clock())
             return
         self._successes += 1
-        if self._successes >= self.limit:
+        if self._successes >= max(self.limit, self.increase_after):
             self._successes = 0
             if self._peak >= self.limit and self.limit < self.max_limit:
                 self.limit += 1
@@ -165,6 +167,8 @@ class AdaptiveLimit:
         delay = self.paused_until - self.clock()
         if delay > 0:
             self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
+        elif self.in_flight < self.limit:     # the pause is over, its timer not yet run: wake them now
+            self._timer = asyncio.get_running_loop().call_soon(self._wake)
 
     def _wake(self) -> None:
         self._timer = None

@@ -14,8 +14,10 @@
   it sends one; other 4xx are final. After the last attempt ``ModelCallError`` says why; the agent
   writes the row as ``error`` with reason ``model_error`` and that detail.
 - Rate limiting is not failure: a 429 (or a 503 with ``Retry-After``) uses none of the call's attempts
-  while the model answers other calls (one succeeded in the last ``THROTTLE_PROGRESS_S``), for up to
-  ``THROTTLE_WAIT_S`` from the call's first such answer; a server that only ever refuses fails fast.
+  while the model makes progress (some call succeeded, or this call was first refused, less than
+  ``THROTTLE_PROGRESS_S`` ago), for up to ``THROTTLE_WAIT_S`` from the call's first such answer; a
+  server that refuses everything for longer uses the attempts up. A 429 ``insufficient_quota`` (an
+  exhausted account, not a rate) is final.
 - Adaptive concurrency (``adaptive``, on unless ``mxc run --adaptive-concurrency off``): each endpoint
   has an ``aimd.AdaptiveLimit`` on its calls in flight, cut on 429/503/timeouts and latency rising,
   grown back on success, up to ``max_limit`` (the run's ``--max-in-flight``); a ``Retry-After`` pauses
@@ -137,6 +139,7 @@ class OpenAIModel:
     api: str = "chat"                      # "chat": POST /chat/completions; "completions": POST /completions
     outage_wait_s: float = OUTAGE_WAIT_S  # waiting while every endpoint is down uses no attempt, this long
     throttle_wait_s: float = THROTTLE_WAIT_S  # 429s use no attempt this long (while the model answers)
+    throttle_progress_s: float = THROTTLE_PROGRESS_S  # ... if some call succeeded this recently
     adaptive: bool = ADAPTIVE_CONCURRENCY  # AIMD limit of calls in flight per endpoint
     max_limit: int = MAX_IN_FLIGHT         # its ceiling (and start)
     backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
@@ -450,7 +453,7 @@ class OpenAIClient:
                 st.throttled += 1
                 now = self.pool.clock()
                 first_throttle = now if first_throttle is None else first_throttle
-                if self._progress(now) and now - first_throttle < self.spec.throttle_wait_s:
+                if self._progress(now, first_throttle) and now - first_throttle < self.spec.throttle_wait_s:
                     # rate limited while the model serves other calls: wait, keeping the attempts
                     st.throttle_free += 1
                     throttles += 1
@@ -486,9 +489,11 @@ class OpenAIClient:
                 avoid = [*avoid, *busy]
         return self.pool.pick(key, avoid)
 
-    def _progress(self, now: float) -> bool:
-        """Whether the model answered some call recently (its 429s are rate limiting, not refusal)."""
-        return self._last_ok is not None and now - self._last_ok < THROTTLE_PROGRESS_S
+    def _progress(self, now: float, first_throttle: float) -> bool:
+        """Whether the model is serving: some call succeeded, or this call was first refused, recently
+        (its 429s are then rate limiting, not a refusal of everything)."""
+        since = first_throttle if self._last_ok is None else max(self._last_ok, first_throttle)
+        return now - since < self.spec.throttle_progress_s
 
     def _outage(self) -> bool:
         """Whether every endpoint is down after having served (a service that never answered fails
@@ -532,6 +537,8 @@ class OpenAIClient:
                 if status >= 400:
                     text = await resp.text(errors="replace")
                     err = _error_message(text, self._key)
+                    if status == 429 and "insufficient_quota" in text:
+                        raise _Final(f"HTTP 429: {err}")
                     if status >= 500 or status in RETRY_STATUS:
                         wait = retry_after_of(resp.headers)
                         throttle = status == 429 or (status == 503 and wait is not None)

@@ -44,7 +44,7 @@ def test_starts_open_and_halves_what_is_in_flight_once_per_window():
 
 
 def test_grows_by_one_per_limit_of_successes_only_when_the_limit_is_used():
-    lim, clock = limit_with(8, max_limit=10)
+    lim, clock = limit_with(8, max_limit=10, increase_after=1)
     lim.on_overload(clock())
     assert lim.limit == 4
     for _ in range(8 - 4):
@@ -67,6 +67,20 @@ def test_grows_by_one_per_limit_of_successes_only_when_the_limit_is_used():
     for _ in range(200):
         lim.on_success(0.1, clock())
     assert lim.limit == 10                                      # capped at max_limit
+
+
+def test_a_small_limit_grows_by_one_per_increase_after_successes():
+    lim, clock = limit_with(2, increase_after=8)
+    lim.on_overload(clock())
+    assert lim.limit == 1
+    for _ in range(6):
+        lim._take()                                             # the limit stays in use
+    clock.t += 1
+    grown = []
+    for _ in range(24):
+        lim.on_success(0.1, clock())
+        grown.append(lim.limit)
+    assert grown[6] == 1 and grown[7] == 2 and grown[15] == 3 and grown[23] == 4   # not +1 per success
 
 
 def test_latency_well_above_its_baseline_cuts_the_limit():
