@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from matrixlang.runtime.aimd import AdaptiveLimit
@@ -118,6 +119,26 @@ def test_retry_after_pauses_every_new_call_and_later_ones_queue_fifo():
     assert [i for i, _ in order] == list(range(6))              # FIFO
     assert all(t >= until for _, t in order)                     # none started before the Retry-After ended
     assert lim.limit == 1 and lim.pauses == 1 and lim.in_flight == 0 and lim.waited == 6
+
+
+def test_waiters_are_woken_when_a_pause_ends_before_its_timer_runs():
+    async def main():
+        lim = AdaptiveLimit(4)
+        sent = await lim.acquire()
+        lim.on_overload(sent, retry_after=0.05)
+        lim.release()
+        waiters = [asyncio.ensure_future(lim.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)                                  # they queue behind the pause
+        time.sleep(0.1)                                         # the loop is busy until the pause is over
+        lim.on_overload(sent)                                   # a late 429 of a call from before the cut
+        granted = 0
+        for w in waiters:
+            await asyncio.wait_for(w, 10)
+            granted += 1
+            lim.release()
+        return granted
+
+    assert asyncio.run(main()) == 3
 
 
 def test_a_cancelled_waiter_leaves_no_slot_taken():
