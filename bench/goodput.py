@@ -3,17 +3,24 @@
 
 The talk workload (bench/workloads/talk.mx, the HTTP-path benchmark's: two agents talk about a topic
 for the row's number of rounds, here 1 to ``--max-rounds``), each mode against a fresh `mxc sim-server`
-with the same seed (20 ms + 1 ms/token, 256 slots, no batching slowdown) behind a rate limit of
-``--rps`` requests per second (a token bucket saving up ``--burst``; ``--tpm`` adds tokens per minute).
-``--in-flight`` rows at once would send several times the limit. Both modes send the same successful
-requests (checked: the same calls and completion tokens served, the same rounds per row).
+with the same seed (20 ms + 1 ms/token, 256 slots, no batching slowdown) behind one of two limits:
 
-Per mode: goodput (ok rows/s, completion tokens/s, and ok rows/s against the limit's ideal: every call
-admitted at the limit's rate), 429s received, wasted calls (attempts that did no work: 429s and other
-failures), rows failed, the latency of a call as the agent sees it (waiting and retries included,
-p50/p95 over both agents), the CPU of the client's processes per successful call, and the load average.
+- **rps**: ``--rps`` requests per second (a token bucket saving up ``--burst``; ``--tpm`` adds tokens
+  per minute), 429 with the exact ``Retry-After``; the ideal: every call admitted at the limit's rate
+  (after the burst);
+- **concurrent**: ``--max-concurrent`` requests served at once, 429 without ``Retry-After`` above
+  (a gateway's concurrency limit); the ideal: the server's own time of every call over its slots.
 
-    python bench/goodput.py [--rows 256] [--in-flight 256] [--rps 50] [--json bench/results/goodput.json]
+``--in-flight`` rows at once would send several times either limit. Both modes send the same
+successful requests (checked: the same calls and completion tokens served, the same rounds per row).
+
+Per mode: goodput (ok rows/s against the ideal, completion tokens/s), 429s received, wasted calls
+(attempts that did no work: 429s and other failures), rows failed, the latency of a call as the agent
+sees it (waiting and retries included, p50/p95, the larger of the two agents'), the CPU of the
+client's processes per successful call, and the load average.
+
+    python bench/goodput.py [--rows 256] [--in-flight 256] [--rps 50] [--max-concurrent 16]
+                            [--json bench/results/goodput.json]
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:      # `python bench/goodput.py` from the checkout
     sys.path.insert(0, str(HERE.parent))
 
-from bench.http_path import TOPICS  # noqa: E402
+from bench.http_path import PER_TOKEN_S, TOPICS, TTFT_S  # noqa: E402
 from bench.monitor import RunMonitor, machine_info  # noqa: E402
 
 SERVER = ["--max-concurrency", "256", "--ttft", "20ms", "--per-token", "1ms", "--slowdown", "0"]
@@ -46,19 +53,32 @@ def write_rows(path: Path, n: int, max_rounds: int, seed: int) -> list[dict]:
     return rows
 
 
-def server_args(args: argparse.Namespace) -> list[str]:
-    limits = ["--rate-limit-rps", str(args.rps)] if args.rps else []
-    limits += ["--rate-limit-tpm", str(args.tpm)] if args.tpm else []
-    return [*SERVER, *limits, "--rate-limit-burst", args.burst, "--seed", str(args.seed)]
+def server_args(args: argparse.Namespace, scenario: str) -> list[str]:
+    if scenario == "concurrent":
+        limits = ["--max-concurrent", str(args.max_concurrent)]
+    else:
+        limits = ["--rate-limit-rps", f"{args.rps:g}"] if args.rps else []
+        limits += ["--rate-limit-tpm", f"{args.tpm:g}"] if args.tpm else []
+        limits += ["--rate-limit-burst", args.burst]
+    return [*SERVER, *limits, "--seed", str(args.seed)]
 
 
-def run_mode(ir: dict, inp: Path, tmp: Path, args: argparse.Namespace, adaptive: bool) -> dict:
+def ideal_rows_per_s(args: argparse.Namespace, scenario: str, calls: int, tokens: int) -> float:
+    """The limit's best: calls at the rate after the burst, or the server's time over its slots."""
+    from matrixlang.commands.sim_server import duration
+
+    if scenario == "concurrent":
+        return args.rows / ((calls * TTFT_S + tokens * PER_TOKEN_S) / args.max_concurrent)
+    return args.rows / (max(1.0, calls - args.rps * duration(args.burst)) / args.rps)
+
+
+def run_mode(ir: dict, inp: Path, tmp: Path, args: argparse.Namespace, scenario: str, adaptive: bool) -> dict:
     from matrixlang.runtime.run import RunOptions, run
     from matrixlang.runtime.simserver import SimServerProcess
 
     out = tmp / f"{'aimd' if adaptive else 'fixed'}-{uuid.uuid4().hex[:6]}.jsonl"
     run_id = uuid.uuid4().hex[:8]
-    with SimServerProcess(server_args(args)) as srv:
+    with SimServerProcess(server_args(args, scenario)) as srv:
         os.environ["BENCH_LLM_URL"] = srv.url
         with RunMonitor(run_id, interval_s=0.25) as mon:
             s = run(ir, RunOptions(input=str(inp), output=str(out), max_in_flight=args.in_flight, seed=args.seed,
@@ -77,7 +97,7 @@ def run_mode(ir: dict, inp: Path, tmp: Path, args: argparse.Namespace, adaptive:
     c = s["clients"]["llm"]
     elapsed = s["elapsed_s"]
     agents = s["agents"].values()
-    return {"mode": "aimd" if adaptive else "fixed", "elapsed_s": round(elapsed, 2),
+    return {"scenario": scenario, "mode": "aimd" if adaptive else "fixed", "elapsed_s": round(elapsed, 2),
             "ok_rows": ok, "failed_rows": s["rows"] - ok, "ok_rows_per_s": round(ok / elapsed, 2),
             "tokens_per_s": round(s["tokens_per_s"], 1), "calls_ok": served, "tokens": int(m["mx_sim_completion_tokens_total"]),
             "http_429": refused, "wasted_calls": c["attempts"] - c["ok"], "attempts": c["attempts"],
@@ -88,12 +108,12 @@ def run_mode(ir: dict, inp: Path, tmp: Path, args: argparse.Namespace, adaptive:
             "steps": steps, "loadavg_end": mon.summary(elapsed)["loadavg_end"]}
 
 
-def print_table(results: list[dict], ideal: float) -> None:
-    cols = ("mode", "ok rows/s", "/ideal", "tokens/s", "429s", "wasted calls", "rows failed", "p50 call ms",
+def print_table(results: list[dict]) -> None:
+    cols = ("limit", "mode", "ok rows/s", "/ideal", "tokens/s", "429s", "wasted calls", "rows failed", "p50 call ms",
             "p95 call ms", "CPU ms/ok call", "elapsed s")
     print(" | ".join(cols))
     for r in results:
-        print(" | ".join(str(x) for x in (r["mode"], r["ok_rows_per_s"], round(r["ok_rows_per_s"] / ideal, 3),
+        print(" | ".join(str(x) for x in (r["scenario"], r["mode"], r["ok_rows_per_s"], r["of_ideal"],
                                           r["tokens_per_s"], r["http_429"], r["wasted_calls"], r["failed_rows"],
                                           r["p50_call_ms"], r["p95_call_ms"], r["cpu_ms_per_ok_call"],
                                           r["elapsed_s"])), flush=True)
@@ -104,14 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--in-flight", type=int, default=256, help="mxc run --max-in-flight (256)")
     p.add_argument("--max-rounds", type=int, default=3, help="rounds per row drawn from 1..N (3)")
-    p.add_argument("--rps", type=float, default=50.0, help="the server's requests per second (50)")
-    p.add_argument("--tpm", type=float, default=0.0, help="the server's tokens per minute (0: no limit)")
-    p.add_argument("--burst", default="1s", help="the server's --rate-limit-burst (1s)")
+    p.add_argument("--rps", type=float, default=50.0, help="the rps scenario's requests per second (50; 0: skip it)")
+    p.add_argument("--tpm", type=float, default=0.0, help="and tokens per minute (0: no limit)")
+    p.add_argument("--burst", default="1s", help="the rps scenario's --rate-limit-burst (1s)")
+    p.add_argument("--max-concurrent", type=int, default=16,
+                   help="the concurrent scenario's requests served at once (16; 0: skip it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    if not (args.rps or args.tpm):
-        p.error("give --rps or --tpm (or both)")
+    scenarios = [name for name, on in (("rps", args.rps or args.tpm), ("concurrent", args.max_concurrent)) if on]
+    if not scenarios:
+        p.error("give --rps, --tpm or --max-concurrent")
+    if args.tpm and not args.rps:
+        p.error("--tpm goes with --rps (the rps scenario's ideal is the request rate's)")
 
     import ray
 
@@ -123,24 +148,31 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mx-goodput-"))
     inp = tmp / "rows.jsonl"
     write_rows(inp, args.rows, args.max_rounds, args.seed)
-    print(f"server: mxc sim-server {' '.join(server_args(args))}; {args.rows} rows, {args.in_flight} in flight",
-          flush=True)
-    results = [run_mode(ir, inp, tmp, args, adaptive) for adaptive in (False, True)]
-    fixed, aimd = results
-    calls = fixed["calls_ok"]
-    ideal = args.rows / (calls / args.rps) if args.rps else fixed["ok_rows_per_s"]
-    same = {"calls": fixed["calls_ok"] == aimd["calls_ok"], "tokens": fixed["tokens"] == aimd["tokens"],
-            "rounds": fixed["steps"] == aimd["steps"]}
-    print_table(results, ideal)
-    print(f"ideal (every call at {args.rps:g}/s): {ideal:.2f} rows/s; same work {all(same.values())}; "
-          f"goodput aimd / fixed {aimd['ok_rows_per_s'] / fixed['ok_rows_per_s']:.3f}; "
-          f"429s fixed / aimd {fixed['http_429']} / {aimd['http_429']}; load average {os.getloadavg()}")
-    for r in results:
-        r.pop("steps")
+    results, compared = [], {}
+    for scenario in scenarios:
+        print(f"{scenario}: mxc sim-server {' '.join(server_args(args, scenario))}; {args.rows} rows, "
+              f"{args.in_flight} in flight", flush=True)
+        fixed, aimd = (run_mode(ir, inp, tmp, args, scenario, adaptive) for adaptive in (False, True))
+        ideal = ideal_rows_per_s(args, scenario, fixed["calls_ok"], fixed["tokens"])
+        for r in (fixed, aimd):
+            r["of_ideal"] = round(r["ok_rows_per_s"] / ideal, 3)
+        same = {"calls": fixed["calls_ok"] == aimd["calls_ok"], "tokens": fixed["tokens"] == aimd["tokens"],
+                "rounds": fixed["steps"] == aimd["steps"]}
+        compared[scenario] = {"ideal_rows_per_s": round(ideal, 2), "same_work": same,
+                              "goodput_aimd_over_fixed": round(aimd["ok_rows_per_s"] / fixed["ok_rows_per_s"], 3),
+                              "http_429_fixed_over_aimd": round(fixed["http_429"] / max(aimd["http_429"], 1), 1)}
+        for r in (fixed, aimd):
+            r.pop("steps")
+        results += [fixed, aimd]
+    print_table(results)
+    for scenario, c in compared.items():
+        print(f"{scenario}: ideal {c['ideal_rows_per_s']} rows/s; same work {all(c['same_work'].values())}; "
+              f"goodput aimd / fixed {c['goodput_aimd_over_fixed']}; 429s fixed / aimd {c['http_429_fixed_over_aimd']}")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     out = {"bench": "goodput", "machine": machine_info(), "rows": args.rows, "in_flight": args.in_flight,
-           "max_rounds": args.max_rounds, "server": " ".join(server_args(args)), "ideal_rows_per_s": round(ideal, 2),
-           "same_work": same, "ratio_goodput_aimd_fixed": round(aimd["ok_rows_per_s"] / fixed["ok_rows_per_s"], 3),
-           "results": results, "loadavg": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "max_rounds": args.max_rounds, "servers": {s: " ".join(server_args(args, s)) for s in scenarios},
+           "compared": compared, "results": results, "loadavg": load, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -95,7 +95,7 @@ OFFLOAD_THRESHOLD = 65536
 ADAPTIVE_CONCURRENCY = True
 """Calls in flight per endpoint adapt to the server's 429/503, timeouts and latency (AIMD, runtime/aimd.py;
 `mxc run --adaptive-concurrency on|off`); off: as many calls as rows in flight."""
-AIMD_DEFAULTS = {"min_limit": 1, "decrease": 0.5, "latency_factor": 2.0, "latency_samples": 50, "increase_after": 8}
+AIMD_DEFAULTS = {"min_limit": 1, "decrease": 0.75, "latency_factor": 2.0, "latency_samples": 50, "increase_after": 8}
 """AIMD of one endpoint: the limit is cut to `decrease` x calls in flight (not below `min_limit`) on an
 overload, or when the recent latency exceeds `latency_factor` x its long-term average (after
 `latency_samples` calls); it grows by one per limit's worth of successes (at least `increase_after`),

@@ -51,7 +51,7 @@ def register(sub) -> None:
                         f"actors ({OFFLOAD_THRESHOLD}; -1: never)")
     p.add_argument("--adaptive-concurrency", choices=["on", "off"], default="on" if ADAPTIVE_CONCURRENCY else "off",
                    help="on: the calls in flight to each endpoint of an openai model adapt to the server "
-                        "(halved on 429/503, timeouts or latency rising, Retry-After pausing the endpoint, "
+                        "(cut to 3/4 on 429/503, timeouts or latency rising, Retry-After pausing the endpoint, "
                         "grown back on success; AIMD); off: as many calls as rows in flight "
                         f"({'on' if ADAPTIVE_CONCURRENCY else 'off'})")
     p.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: $RAY_ADDRESS or a local Ray)")

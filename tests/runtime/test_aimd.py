@@ -19,7 +19,7 @@ class Clock:
 
 def limit_with(in_flight: int, max_limit: int = 64, **kw) -> tuple[AdaptiveLimit, Clock]:
     clock = Clock()
-    lim = AdaptiveLimit(max_limit, clock=clock, **kw)
+    lim = AdaptiveLimit(max_limit, clock=clock, **{"decrease": 0.5, **kw})
     for _ in range(in_flight):
         lim._take()
     return lim, clock
