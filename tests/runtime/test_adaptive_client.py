@@ -77,11 +77,14 @@ def test_retry_after_pauses_the_whole_endpoint():
 
 
 def test_a_server_that_refuses_everything_still_fails_the_call():
-    with SimServerProcess(["--throttle-rate", "1", "--retry-after", "0"]) as srv:
-        res, client = calls(srv.url, 2, 2, retries=1, throttle_progress_s=0.3)
+    # no call ever succeeds: 429s are free only for throttle_progress_s after a call's first one (0.3 s,
+    # a few retries 0.1 s apart), not for all of throttle_wait_s (30 s, hundreds of retries)
+    with SimServerProcess(["--throttle-rate", "1", "--retry-after", "0.1"]) as srv:
+        res, client = calls(srv.url, 2, 2, retries=1, throttle_progress_s=0.3, throttle_wait_s=30.0)
         m = srv.metrics()
     assert all(isinstance(r, ModelCallError) and "HTTP 429" in r.detail for r in res)
-    assert client.stats.failed == 2 and count(m, 429) >= 4
+    assert client.stats.failed == 2 and count(m, 429) == client.stats.throttled
+    assert 2 <= client.stats.throttle_free < 20 and client.stats.throttled - client.stats.throttle_free == 4
 
 
 @pytest.mark.ray
