@@ -9,7 +9,12 @@ import json
 
 import ir_fixtures as F
 import pytest
-from matrixlang.runtime.openai_client import ModelCallError, OpenAIClient, close_shared_session
+from matrixlang.runtime.openai_client import (
+    ModelCallError,
+    OpenAIClient,
+    close_shared_session,
+    retry_after_of,
+)
 from matrixlang.runtime.run import RunOptions, run
 from matrixlang.runtime.simserver import SimServerProcess
 from test_openai_client import spec
@@ -61,19 +66,25 @@ def test_aimd_gets_far_fewer_429s_than_fixed_concurrency_and_every_call_succeeds
 
 
 def test_retry_after_pauses_the_whole_endpoint():
-    # one request in ten is refused with Retry-After: 1; more than 0.25 s after such a 429 and before its
-    # second is up, the server counts any request that arrives ("early"): with the adaptive limit none
+    # one request in twenty is refused with Retry-After: 0.6; more than 0.25 s after such a 429 and before
+    # its 0.6 s are up, the server counts any request that arrives ("early"): with the adaptive limit none
     # does (the endpoint pauses), without it the other calls in flight carry on
-    server = ["--throttle-rate", "0.1", "--retry-after", "1", "--ttft", "20ms", "--per-token", "0", "--seed", "3"]
+    server = ["--throttle-rate", "0.05", "--retry-after", "0.6", "--ttft", "50ms", "--per-token", "0", "--seed", "3"]
     early = {}
     for adaptive in (False, True):
         with SimServerProcess(server) as srv:
-            res, client = calls(srv.url, 60, 8, retries=1, adaptive=adaptive)
+            res, client = calls(srv.url, 120, 8, retries=1, adaptive=adaptive)
             m = srv.metrics()
         assert not [r for r in res if isinstance(r, BaseException)]
         assert count(m, 429) >= 2 and client.stats.retry_after == count(m, 429)
         early[adaptive] = m["mx_sim_early_requests_total"]
     assert early[True] == 0 and early[False] > 0, early
+
+
+def test_retry_after_ms_is_read_first():
+    assert retry_after_of({"retry-after-ms": "250", "Retry-After": "3"}) == 0.25
+    assert retry_after_of({"retry-after-ms": "soon", "Retry-After": "3"}) == 3.0
+    assert retry_after_of({"retry-after-ms": "-5"}) == 0.0 and retry_after_of({}) is None
 
 
 def test_a_server_that_refuses_everything_still_fails_the_call():

@@ -150,6 +150,7 @@ def test_a_cancelled_waiter_leaves_no_slot_taken():
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
+        assert lim.snapshot()["waiting"] == 0
         lim.release()
         assert lim.free()
         await asyncio.wait_for(lim.acquire(), 10)
