@@ -69,6 +69,8 @@ ROW_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 120.0
 RETRIES = 3
 OUTAGE_WAIT_S = 300.0       # a call waits out an outage of every endpoint of its model this long
+THROTTLE_WAIT_S = 300.0     # a call's 429/503 answers use none of its attempts this long (while others succeed)
+THROTTLE_PROGRESS_S = 60.0  # ... provided the model answered some call this recently
 ROW_ATTEMPTS = 3
 LIMIT_DEFAULTS = {"max_steps": MAX_STEPS, "row_timeout_s": ROW_TIMEOUT_S, "call_timeout_s": CALL_TIMEOUT_S,
                   "retries": RETRIES, "row_attempts": ROW_ATTEMPTS}
@@ -89,3 +91,12 @@ MAX_IN_FLIGHT = 256
 OFFLOAD_THRESHOLD = 65536
 """History texts larger than this many bytes go to Ray's object store when a row moves between actors
 (`mxc run --offload-threshold`; measured by bench/offload_crossover.py)."""
+
+ADAPTIVE_CONCURRENCY = True
+"""Calls in flight per endpoint adapt to the server's 429/503, timeouts and latency (AIMD, runtime/backends/aimd.py;
+`mxc run --adaptive-concurrency on|off`); off: as many calls as rows in flight."""
+AIMD_DEFAULTS = {"min_limit": 1, "decrease": 0.75, "latency_factor": 2.0, "latency_samples": 50, "increase_after": 8}
+"""AIMD of one endpoint: the limit is cut to `decrease` x calls in flight (not below `min_limit`) on an
+overload, or when the recent latency exceeds `latency_factor` x its long-term average (after
+`latency_samples` calls); it grows by one per limit's worth of successes (at least `increase_after`),
+up to --max-in-flight."""

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from matrixlang.runtime.names import MAX_IN_FLIGHT, OFFLOAD_THRESHOLD
+from matrixlang.runtime.names import ADAPTIVE_CONCURRENCY, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD
 
 EPILOG = """examples:
   mxc run workflows/coral.mx --input workflows/data/coral.jsonl --output out.jsonl --backend sim
@@ -49,6 +49,11 @@ def register(sub) -> None:
     p.add_argument("--offload-threshold", type=int, default=OFFLOAD_THRESHOLD, metavar="BYTES",
                    help="history texts larger than this go to Ray's object store when a row moves between "
                         f"actors ({OFFLOAD_THRESHOLD}; -1: never)")
+    p.add_argument("--adaptive-concurrency", choices=["on", "off"], default="on" if ADAPTIVE_CONCURRENCY else "off",
+                   help="on: the calls in flight to each endpoint of an openai model adapt to the server "
+                        "(cut to 3/4 on 429/503, timeouts or latency rising, Retry-After pausing the endpoint, "
+                        "grown back on success; AIMD); off: as many calls as rows in flight "
+                        f"({'on' if ADAPTIVE_CONCURRENCY else 'off'})")
     p.add_argument("--address", metavar="ADDR", help="attach to this Ray cluster (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--replicas", action="append", default=[], metavar="AGENT=N",
                    help="actors for an agent role, overriding the program (repeatable)")
@@ -105,7 +110,7 @@ def run(args) -> int:
         overwrite=args.overwrite, summary=args.summary, limit=args.limit,
         offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
         progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id,
-        colocate=args.colocate)
+        colocate=args.colocate, adaptive_concurrency=args.adaptive_concurrency == "on")
     try:
         run_ir(ir, opts)
     except RunStopped as e:

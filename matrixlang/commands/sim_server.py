@@ -15,6 +15,7 @@ EPILOG = """examples:
   mxc sim-server --port 8000                               http://127.0.0.1:8000/v1
   mxc sim-server --port 8000 --replicas 2 --max-concurrency 256 --tokens 200..800 --ttft 150ms --per-token 20ms
   mxc sim-server --port 0 --error-rate 0.1 --timeout-rate 0.05 --seed 7   fault injection (port 0: any free port)
+  mxc sim-server --port 8000 --rate-limit-rps 50 --rate-limit-tpm 200000   429 + Retry-After above the limits
   LLM_URL=http://127.0.0.1:8000/v1 mxc run coral.mx -i rows.jsonl -o out.jsonl
 
 The server prints "mxc sim-server: listening on http://HOST:PORT/v1" once it accepts requests.
@@ -48,6 +49,15 @@ def register(sub) -> None:
                    help="fraction answered 429 with Retry-After")
     p.add_argument("--retry-after", default="0", metavar="S", help="Retry-After of a 429, in seconds (0)")
     p.add_argument("--timeout-hold", default="600s", metavar="T", help="how long a timeout fault holds (600s)")
+    p.add_argument("--rate-limit-rps", type=float, default=0.0, metavar="R",
+                   help="requests per second admitted (a token bucket); more get 429 with Retry-After (0: no limit)")
+    p.add_argument("--rate-limit-tpm", type=float, default=0.0, metavar="T",
+                   help="tokens per minute admitted, prompt + completion tokens of each request (a token "
+                        "bucket); more get 429 with Retry-After (0: no limit)")
+    p.add_argument("--rate-limit-burst", default="1s", metavar="T",
+                   help="how much budget the rate limits save up, as time at their rate (1s)")
+    p.add_argument("--max-concurrent", type=int, default=0, metavar="N",
+                   help="requests served at once; more get 429 at once (0: no limit)")
     p.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="a model name /v1/models lists (repeatable; default mx-sim); requests may name any")
     p.add_argument("--api-key-env", metavar="VAR",
@@ -83,15 +93,19 @@ def run(args) -> int:
             seed=args.seed, error_rate=args.error_rate, timeout_rate=args.timeout_rate,
             throttle_rate=args.throttle_rate, retry_after=args.retry_after.strip(),
             timeout_hold_s=duration(args.timeout_hold), models=tuple(args.model) or ("mx-sim",),
-            api_key_env=args.api_key_env)
+            api_key_env=args.api_key_env, rate_limit_rps=args.rate_limit_rps, rate_limit_tpm=args.rate_limit_tpm,
+            rate_limit_burst_s=duration(args.rate_limit_burst), max_concurrent=args.max_concurrent)
         cfg.check()
     except ValueError as e:
         print(f"mxc sim-server: {e}", file=sys.stderr)
         return 2
 
     def ready(server) -> None:
+        limits = "".join(f", {name} {v:g}" for name, v in (("rate limit rps", cfg.rate_limit_rps),
+                                                           ("tpm", cfg.rate_limit_tpm),
+                                                           ("max concurrent", cfg.max_concurrent)) if v)
         print(f"mxc sim-server: listening on http://{cfg.host}:{server.port}/v1 "
-              f"(replicas {cfg.replicas} x {cfg.max_concurrency}, seed {cfg.seed})", flush=True)
+              f"(replicas {cfg.replicas} x {cfg.max_concurrency}, seed {cfg.seed}{limits})", flush=True)
 
     async def main() -> None:
         task = asyncio.current_task()

@@ -10,9 +10,18 @@
   ``/completions``); a ``text/event-stream`` reply (``stream = true`` in the params) is parsed as SSE.
   Routing, stickiness by row and the circuit breaker are ``endpoints.EndpointPool``'s.
 - Retries: connection errors, timeouts, 429, 5xx and unparsable replies are retried ``retries`` times
-  with exponential backoff and jitter, or after the server's ``Retry-After`` when it sends one; other 4xx
-  are final. After the last attempt ``ModelCallError`` says why; the agent writes the row as ``error``
-  with reason ``model_error`` and that detail.
+  with exponential backoff and jitter, or after the server's ``Retry-After`` (or ``retry-after-ms``) when
+  it sends one; other 4xx are final. After the last attempt ``ModelCallError`` says why; the agent
+  writes the row as ``error`` with reason ``model_error`` and that detail.
+- Rate limiting is not failure: a 429 (or a 503 with ``Retry-After``) uses none of the call's attempts
+  while the model makes progress (some call succeeded, or this call was first refused, less than
+  ``THROTTLE_PROGRESS_S`` ago), for up to ``THROTTLE_WAIT_S`` from the call's first such answer; a
+  server that refuses everything for longer uses the attempts up. A 429 ``insufficient_quota`` (an
+  exhausted account, not a rate) is final.
+- Adaptive concurrency (``adaptive``, on unless ``mxc run --adaptive-concurrency off``): each endpoint
+  has an ``aimd.AdaptiveLimit`` on its calls in flight, cut on 429/503/timeouts and latency rising,
+  grown back on success, up to ``max_limit`` (the run's ``--max-in-flight``); a ``Retry-After`` pauses
+  the whole endpoint, not just the call that got it. A call waiting for a slot is not sent.
 - The API key never leaves where it belongs: it is sent only to the model's own URLs (a redirect to
   another origin goes there without it: the probe's own redirect handler, aiohttp's for calls), and
   every text a server sends back that can reach the output, the summary or a log (error bodies, and
@@ -43,8 +52,17 @@ from typing import Any
 
 import aiohttp
 
-from ..names import CALL_TIMEOUT_S, OUTAGE_WAIT_S, RETRIES
+from ..names import (
+    ADAPTIVE_CONCURRENCY,
+    CALL_TIMEOUT_S,
+    MAX_IN_FLIGHT,
+    OUTAGE_WAIT_S,
+    RETRIES,
+    THROTTLE_PROGRESS_S,
+    THROTTLE_WAIT_S,
+)
 from ..semantics.engine import LLMCall, Reply
+from .aimd import AdaptiveLimit
 from .endpoints import Endpoint, EndpointPool, display_url
 
 log = logging.getLogger("matrixlang.runtime.openai")
@@ -87,9 +105,12 @@ class ModelCallError(Exception):
 class _Retry(Exception):
     """One attempt failed in a way worth retrying; ``retry_after`` is the server's wish (seconds)."""
 
-    def __init__(self, detail: str, *, breaker: bool | None, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str, *, breaker: bool | None, retry_after: float | None = None,
+                 throttle: bool = False, overload: bool = False) -> None:
         super().__init__(detail)
         self.detail, self.breaker, self.retry_after = detail, breaker, retry_after
+        self.throttle = throttle           # rate limited (429, 503 with Retry-After): no attempt used
+        self.overload = overload           # a signal for the endpoint's AIMD limit (429, 503, timeout)
 
 
 class _Final(Exception):
@@ -117,6 +138,10 @@ class OpenAIModel:
     sim_hints: bool = False                # send "mx_sim" (every endpoint is an mxc sim-server)
     api: str = "chat"                      # "chat": POST /chat/completions; "completions": POST /completions
     outage_wait_s: float = OUTAGE_WAIT_S  # waiting while every endpoint is down uses no attempt, this long
+    throttle_wait_s: float = THROTTLE_WAIT_S  # 429s use no attempt this long (while the model answers)
+    throttle_progress_s: float = THROTTLE_PROGRESS_S  # ... if some call succeeded this recently
+    adaptive: bool = ADAPTIVE_CONCURRENCY  # AIMD limit of calls in flight per endpoint
+    max_limit: int = MAX_IN_FLIGHT         # its ceiling (and start)
     backoff_s: float = 0.25                # first retry delay (before jitter); doubles per retry
     max_backoff_s: float = 8.0
     failure_threshold: int = 3
@@ -135,12 +160,15 @@ class ClientStats:
     retry_after: int = 0                   # retries that waited for the server's Retry-After
     outage_waits: int = 0                  # waits while every endpoint was down (no attempt used)
     outage_s: float = 0.0                  # seconds spent in those waits, all calls together
+    throttled: int = 0                     # 429 answers, and 503 with Retry-After
+    throttle_free: int = 0                 # of those, retried without using an attempt
     errors: dict[str, int] = field(default_factory=dict)   # attempt failure kinds
     sleeps: list[float] = field(default_factory=list)      # the last 1000 retry delays (seconds)
 
     def as_dict(self) -> dict:
         return {"calls": self.calls, "ok": self.ok, "failed": self.failed, "attempts": self.attempts,
                 "retries": self.retries, "retry_after": self.retry_after, "outage_waits": self.outage_waits,
+                "throttled": self.throttled, "throttle_free": self.throttle_free,
                 "outage_s": round(self.outage_s, 3), "errors": dict(self.errors),
                 "sleeps": list(self.sleeps)}
 
@@ -275,6 +303,19 @@ async def close_shared_session() -> None:
 
 # ---- the client ---------------------------------------------------------------------------------
 
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """The server's wish in seconds: ``retry-after-ms`` (OpenAI's) when readable, else ``Retry-After``."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+        except ValueError:
+            v = None
+        if v is not None and v == v:
+            return min(max(v, 0.0), MAX_RETRY_AFTER_S)
+    return parse_retry_after(headers.get("Retry-After"))
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds, possibly fractional, or an HTTP date);
     None when absent or unreadable. Never negative; capped at MAX_RETRY_AFTER_S."""
@@ -311,6 +352,9 @@ class OpenAIClient:
         self.rng = rng or random.Random()
         self.stats = ClientStats()
         self._up = False                       # some endpoint has answered a call
+        self._last_ok: float | None = None     # when a call last succeeded (the pool's clock)
+        self.limits = ([AdaptiveLimit(max(1, spec.max_limit), clock=self.pool.clock) for _ in spec.urls]
+                       if spec.adaptive else None)
         self._down_since: float | None = None  # every endpoint down since (the pool's clock)
 
     def __repr__(self) -> str:
@@ -340,8 +384,12 @@ class OpenAIClient:
         return await self._complete("/completions", body, key, sim, prompt_tokens, chat=False)
 
     def snapshot(self) -> dict:
-        """Counters and per-endpoint state, safe to log."""
-        return {**self.stats.as_dict(), "endpoints": self.pool.snapshot()}
+        """Counters and per-endpoint state (with its adaptive limit), safe to log."""
+        eps = self.pool.snapshot()
+        if self.limits is not None:
+            for e, lim in zip(eps, self.limits, strict=True):
+                e["aimd"] = lim.snapshot()
+        return {**self.stats.as_dict(), "adaptive": self.limits is not None, "endpoints": eps}
 
     # -- internals ----------------------------------------------------------------------------------
     async def _complete(self, path: str, body: dict, key: Hashable | None, sim: dict | None,
@@ -358,11 +406,18 @@ class OpenAIClient:
         attempts = self.spec.retries + 1
         attempt = 0
         waited = 0.0                             # in an outage of every endpoint
+        throttles = 0                            # rate-limited answers that used no attempt
+        first_throttle: float | None = None
         while True:
-            ep = self.pool.pick(key, tried if len(tried) < len(self.pool) else ())
+            ep = self._pick(key, tried)
+            lim = self.limits[ep.index] if self.limits is not None else None
+            sent = await lim.acquire() if lim is not None else 0.0   # waiting here is not in flight
             self.pool.begin(ep)
             st.attempts += 1
+            t0 = time.monotonic()
             health: bool | None = None           # neutral unless the attempt says otherwise
+            retry: _Retry | None = None
+            final = False
             try:
                 reply = await self._attempt(ep, path, data, chat, prompt_tokens)
                 health = True
@@ -370,7 +425,7 @@ class OpenAIClient:
                 health = e.breaker
                 retry = e
             except _Final as e:
-                health = True                    # the server answered: it is healthy
+                health, final = True, True       # the server answered: it is healthy
                 st.failed += 1
                 kind = str(e).split(":", 1)[0]
                 st.errors[kind] = st.errors.get(kind, 0) + 1
@@ -378,15 +433,32 @@ class OpenAIClient:
                                      attempt + 1, False) from None
             finally:                             # also when the caller is cancelled
                 self.pool.end(ep, health)
+                if lim is not None:
+                    if health is True and not final:
+                        lim.on_success(time.monotonic() - t0, sent)
+                    elif retry is not None and retry.overload:
+                        lim.on_overload(sent, retry.retry_after)
+                    lim.release()
             if health is True:
                 st.ok += 1
-                self._up, self._down_since = True, None
+                self._up, self._down_since, self._last_ok = True, None, self.pool.clock()
                 return reply
+            assert retry is not None
             last = f"{retry.detail} from {ep.shown}"
             kind = retry.detail.split(":", 1)[0]
             st.errors[kind] = st.errors.get(kind, 0) + 1
             if ep not in tried:
                 tried.append(ep)
+            if retry.throttle:
+                st.throttled += 1
+                now = self.pool.clock()
+                first_throttle = now if first_throttle is None else first_throttle
+                if self._progress(now, first_throttle) and now - first_throttle < self.spec.throttle_wait_s:
+                    # rate limited while the model serves other calls: wait, keeping the attempts
+                    st.throttle_free += 1
+                    throttles += 1
+                    await self._sleep(min(throttles - 1, 16), retry.retry_after, lim is None)
+                    continue
             if health is False and self._outage():
                 # every endpoint of a service that was up is down: wait for the first to come back,
                 # keeping the call's attempts for failures of a live service (the row stays in flight,
@@ -401,11 +473,27 @@ class OpenAIClient:
             attempt += 1
             if attempt >= attempts:
                 break
-            await self._sleep(attempt - 1, retry.retry_after)
+            await self._sleep(attempt - 1, retry.retry_after, lim is None)
         st.failed += 1
         down = f" (every endpoint down, waited {waited:.0f}s)" if waited else ""
         raise ModelCallError(self.spec.model, self._clean(f"{attempts} attempt{'s' * (attempts != 1)} failed{down}; "
                                                           f"last: {last}"), attempts, True)
+
+    def _pick(self, key: Hashable | None, tried: list[Endpoint]) -> Endpoint:
+        """The endpoint of the next attempt: not one that failed this call (unless all did), nor, while
+        another has room, one whose adaptive limit is full or paused."""
+        avoid = tried if len(tried) < len(self.pool) else []
+        if self.limits is not None and len(self.pool) > 1:
+            busy = [e for e in self.pool.endpoints if not self.limits[e.index].free() and e not in avoid]
+            if busy and len(avoid) + len(busy) < len(self.pool):
+                avoid = [*avoid, *busy]
+        return self.pool.pick(key, avoid)
+
+    def _progress(self, now: float, first_throttle: float) -> bool:
+        """Whether the model is serving: some call succeeded, or this call was first refused, recently
+        (its 429s are then rate limiting, not a refusal of everything)."""
+        since = first_throttle if self._last_ok is None else max(self._last_ok, first_throttle)
+        return now - since < self.spec.throttle_progress_s
 
     def _outage(self) -> bool:
         """Whether every endpoint is down after having served (a service that never answered fails
@@ -423,11 +511,13 @@ class OpenAIClient:
         base = max(soonest, self.spec.backoff_s)
         return base + self.rng.uniform(0, self.spec.backoff_s)
 
-    async def _sleep(self, attempt: int, retry_after: float | None) -> None:
+    async def _sleep(self, attempt: int, retry_after: float | None, honour: bool = True) -> None:
+        """Before a retry: the server's ``retry_after`` (unless ``honour`` is False: the endpoint's
+        adaptive limit holds every call until then), else exponential backoff with jitter."""
         st = self.stats
         st.retries += 1
         if retry_after is not None:
-            delay = retry_after
+            delay = retry_after if honour else 0.0
             st.retry_after += 1
         else:   # exponential backoff, "equal jitter": half fixed, half random
             cap = min(self.spec.max_backoff_s, self.spec.backoff_s * (2 ** attempt))
@@ -447,9 +537,14 @@ class OpenAIClient:
                 if status >= 400:
                     text = await resp.text(errors="replace")
                     err = _error_message(text, self._key)
+                    if status == 429 and "insufficient_quota" in text:
+                        raise _Final(f"HTTP 429: {err}")
                     if status >= 500 or status in RETRY_STATUS:
-                        raise _Retry(f"HTTP {status}: {err}", breaker=None if status < 500 else False,
-                                     retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+                        wait = retry_after_of(resp.headers)
+                        throttle = status == 429 or (status == 503 and wait is not None)
+                        raise _Retry(f"HTTP {status}: {err}", retry_after=wait, throttle=throttle,
+                                     breaker=None if status < 500 or throttle else False,
+                                     overload=status in (429, 503))
                     raise _Final(f"HTTP {status}: {err}")
                 if resp.content_type == "text/event-stream":
                     text, usage = await _read_stream(resp, chat, self._key)
@@ -458,7 +553,8 @@ class OpenAIClient:
         except (_Retry, _Final):
             raise
         except asyncio.TimeoutError:
-            raise _Retry(f"timeout: no reply within {self.spec.timeout_s:g}s", breaker=False) from None
+            raise _Retry(f"timeout: no reply within {self.spec.timeout_s:g}s", breaker=False,
+                         overload=True) from None
         except aiohttp.ClientPayloadError as e:
             raise _Retry(f"broken reply: {e}", breaker=False) from None
         except (aiohttp.ClientError, OSError) as e:

@@ -19,14 +19,28 @@ Fault injection, deterministic in ``seed``: the k-th arrival of a given request 
 ``timeout_rate`` holds the request for ``timeout_hold_s`` (clients time out), the next
 ``throttle_rate`` answers 429 with ``Retry-After: retry_after``. With ``api_key_env`` set the server
 demands ``Authorization: Bearer $KEY`` (401 otherwise). The server logs no request and no header.
+
+Rate limits (off unless set), checked before anything else as a hosted API's gateway does:
+``max_concurrent`` requests being served at once (more get 429 at once, no ``Retry-After``);
+``rate_limit_rps`` requests per second and ``rate_limit_tpm`` tokens per minute (prompt + completion
+tokens of the request, as OpenAI counts them), token buckets holding ``rate_limit_burst_s`` seconds of
+budget (``ratelimit.TokenBucket``). A refused request gets 429, an OpenAI-shaped error body
+(``code: "rate_limit_exceeded"``), ``Retry-After`` (seconds, fractional) and ``retry-after-ms`` saying
+when it would be admitted; refused requests take nothing from the budget. ``/metrics`` counts them by
+limit (``mx_sim_rate_limited_total``) and counts the requests that arrived while a ``Retry-After`` the
+server had sent was still running, more than ``EARLY_GRACE_S`` after it was sent
+(``mx_sim_early_requests_total``: a single client that honours ``Retry-After`` for its endpoint, not
+just for the refused call, sends none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import random
 import re
@@ -40,10 +54,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .ratelimit import TokenBucket, admit
 from .simmodel import SimCapacity, filler_text, sim_reply
 
 OWNER = "matrixlang-sim"
 MAX_STREAM_CHUNKS = 16
+EARLY_GRACE_S = 0.25      # a request this soon after a 429 may have been sent before the client read it
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 
 
@@ -67,6 +83,10 @@ class SimServerConfig:
     timeout_hold_s: float = 600.0
     models: tuple[str, ...] = ("mx-sim",)  # listed by /v1/models; requests may name any model
     api_key_env: str | None = None
+    rate_limit_rps: float = 0.0            # requests per second (0: no limit)
+    rate_limit_tpm: float = 0.0            # prompt + completion tokens per minute (0: no limit)
+    rate_limit_burst_s: float = 1.0        # the buckets hold this many seconds of budget
+    max_concurrent: int = 0                # requests served at once, more get 429 (0: no limit)
 
     def check(self) -> None:
         """ValueError when a setting is out of range."""
@@ -82,6 +102,15 @@ class SimServerConfig:
             raise ValueError("ttft, per-token and timeout hold must be >= 0")
         if not self.models:
             raise ValueError("at least one model name")
+        if not all(math.isfinite(x) for x in (self.rate_limit_rps, self.rate_limit_tpm, self.rate_limit_burst_s)):
+            raise ValueError("rate limits and their burst must be finite numbers")
+        if self.rate_limit_rps < 0 or self.rate_limit_tpm < 0 or self.max_concurrent < 0:
+            raise ValueError("rate limits and max-concurrent must be >= 0 (0: no limit)")
+        if self.rate_limit_burst_s <= 0:
+            raise ValueError("the rate-limit burst must be > 0 seconds")
+        if (self.rate_limit_rps and self.rate_limit_rps * self.rate_limit_burst_s < 1
+                or self.rate_limit_tpm and self.rate_limit_tpm / 60 * self.rate_limit_burst_s < 1):
+            raise ValueError("a rate limit's burst must hold at least one request/token: raise --rate-limit-burst")
 
 
 @dataclass(slots=True)
@@ -93,6 +122,8 @@ class _Metrics:
     busy_s: float = 0.0
     peak_active: int = 0
     peak_queued: int = 0
+    limited: Counter = field(default_factory=Counter)        # 429s of the rate limits: rps / tpm / concurrency
+    early: int = 0                                           # requests inside a Retry-After the server sent
 
 
 class BadRequest(Exception):
@@ -117,6 +148,12 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.started = time.time()
+        self.rps = (TokenBucket(cfg.rate_limit_rps, cfg.rate_limit_rps * cfg.rate_limit_burst_s)
+                    if cfg.rate_limit_rps else None)
+        self.tpm = (TokenBucket(cfg.rate_limit_tpm / 60, cfg.rate_limit_tpm / 60 * cfg.rate_limit_burst_s)
+                    if cfg.rate_limit_tpm else None)
+        self.serving = 0                       # requests admitted and not yet answered
+        self._hold = (0.0, 0.0)                # (from, until): the latest Retry-After the server sent
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -170,6 +207,10 @@ class SimServer:
         lines += ["# HELP mx_sim_injected_total Injected faults by kind.", "# TYPE mx_sim_injected_total counter"]
         for kind in ("error", "timeout", "throttle"):
             lines.append(f'mx_sim_injected_total{{kind="{kind}"}} {m.injected[kind]}')
+        lines += ["# HELP mx_sim_rate_limited_total Requests refused (429) by a rate limit.",
+                  "# TYPE mx_sim_rate_limited_total counter"]
+        for kind in ("rps", "tpm", "concurrency"):
+            lines.append(f'mx_sim_rate_limited_total{{limit="{kind}"}} {m.limited[kind]}')
         for name, kind, help_, value in (
             ("mx_sim_prompt_tokens_total", "counter", "Prompt tokens of served requests.", m.prompt_tokens),
             ("mx_sim_completion_tokens_total", "counter", "Completion tokens generated.", m.completion_tokens),
@@ -179,6 +220,9 @@ class SimServer:
             ("mx_sim_peak_active", "gauge", "Most sequences decoding at once.", m.peak_active),
             ("mx_sim_peak_queued", "gauge", "Most requests waiting at once.", m.peak_queued),
             ("mx_sim_capacity", "gauge", "replicas x max_concurrency.", cap.replicas * cap.max_concurrency),
+            ("mx_sim_early_requests_total", "counter", "Requests that arrived while a Retry-After the server "
+             f"sent was running (more than {EARLY_GRACE_S}s after it).", m.early),
+            ("mx_sim_serving", "gauge", "Requests admitted and not yet answered.", self.serving),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += ["# HELP mx_sim_replica_served_total Requests admitted per replica.",
@@ -199,17 +243,34 @@ class SimServer:
         except (ValueError, BadRequest) as e:
             m.requests[(route, 400)] += 1
             return _error(400, f"invalid request: {e}", "invalid_request_error")
+        self._arrival()
+        reply = self._reply(req) if self.tpm is not None else None
+        refused = self._rate_limit(req, reply)
+        if refused is not None:
+            m.requests[(route, 429)] += 1
+            return refused
+        self.serving += 1
+        try:
+            return await self._admitted(request, route, raw, req, reply, chat)
+        finally:
+            self.serving -= 1
+
+    async def _admitted(self, request: web.Request, route: str, raw: bytes, req: dict,
+                        reply: tuple[str, int, str] | None, chat: bool) -> web.StreamResponse:
+        m = self.metrics
         fault = self._fault(raw)
         if fault == "error":
             m.requests[(route, 500)] += 1
             return _error(500, "injected error (--error-rate)", "server_error")
         if fault == "throttle":
             m.requests[(route, 429)] += 1
+            with contextlib.suppress(ValueError):
+                self._held(float(self.cfg.retry_after))
             return _error(429, "injected throttling (--throttle-rate)", "rate_limit_error",
                           {"Retry-After": self.cfg.retry_after})
         if fault == "timeout":
             await asyncio.sleep(self.cfg.timeout_hold_s)    # the client gives up first (or waits long)
-        text, tokens, finish = self._reply(req)
+        text, tokens, finish = reply if reply is not None else self._reply(req)
         replica = await self._acquire()
         try:
             duration = self.cap.duration(tokens, self.cap.active(replica))
@@ -327,6 +388,40 @@ class SimServer:
         finish = "length" if cap is not None and tokens >= cap else "stop"
         return filler_text(tokens, key), tokens, finish
 
+    def _rate_limit(self, req: dict, reply: tuple[str, int, str] | None) -> web.Response | None:
+        """The 429 of a request over a rate limit, else None (the request is admitted and counted)."""
+        c, m = self.cfg, self.metrics
+        if c.max_concurrent and self.serving >= c.max_concurrent:
+            m.limited["concurrency"] += 1
+            return _rate_error(f"Too many concurrent requests (limit {c.max_concurrent})", None)
+        buckets: list[tuple[TokenBucket, float]] = []
+        if self.rps is not None:
+            buckets.append((self.rps, 1.0))
+        if self.tpm is not None:
+            buckets.append((self.tpm, req["prompt_tokens"] + (reply[1] if reply else 0)))
+        if not buckets:
+            return None
+        wait = admit(buckets)
+        if wait == 0.0:
+            return None
+        kind = "rps" if self.rps is not None and self.rps.wait(1.0) > 0 else "tpm"
+        m.limited[kind] += 1
+        what = (f"requests per second (limit {c.rate_limit_rps:g}/s)" if kind == "rps"
+                else f"tokens per minute (limit {c.rate_limit_tpm:g}/min)")
+        self._held(wait)
+        return _rate_error(f"Rate limit reached for {what}. Please try again in {wait:.3f}s.", wait)
+
+    def _held(self, wait: float) -> None:
+        """A 429 with ``Retry-After: wait`` is sent now."""
+        now = time.monotonic()
+        if now + wait > self._hold[1]:
+            self._hold = (now + EARLY_GRACE_S, now + wait)
+
+    def _arrival(self) -> None:
+        start, until = self._hold
+        if start <= time.monotonic() < until:
+            self.metrics.early += 1
+
     def _fault(self, raw: bytes) -> str | None:
         c = self.cfg
         if not (c.error_rate or c.timeout_rate or c.throttle_rate):
@@ -380,6 +475,16 @@ class SimServer:
 def _error(status: int, message: str, kind: str, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status,
                              headers=headers)
+
+
+def _rate_error(message: str, wait: float | None) -> web.Response:
+    """429 as OpenAI sends it, with ``Retry-After`` (fractional seconds) and ``retry-after-ms``."""
+    headers = None
+    if wait is not None:
+        wait = max(wait, 0.001)
+        headers = {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(math.ceil(wait * 1000))}
+    return web.json_response({"error": {"message": message, "type": "requests", "param": None,
+                                        "code": "rate_limit_exceeded"}}, status=429, headers=headers)
 
 
 def _content_len(content: Any) -> int:

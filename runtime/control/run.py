@@ -25,7 +25,14 @@ from ..actors.coordinator import Coordinator
 from ..actors.sim_service import SimService
 from ..actors.sink import OutputLocked, Sink, drop_rows
 from ..ir import IRError, load_ir
-from ..names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS
+from ..names import (
+    ADAPTIVE_CONCURRENCY,
+    CALL_TIMEOUT_S,
+    MAX_IN_FLIGHT,
+    OFFLOAD_THRESHOLD,
+    RETRIES,
+    ROW_ATTEMPTS,
+)
 from ..semantics.engine import Engine
 from .cluster import Topology, connect, this_node_id
 from .driver import Driver, DriverConfig
@@ -75,6 +82,7 @@ class RunOptions:
     run_id: str | None = None             # names the run's actors (tests use it to find them)
     idle_scan_s: float = 5.0
     colocate: str = "auto"                # "auto" | "all" | "none": roles sharing agent actors
+    adaptive_concurrency: bool = ADAPTIVE_CONCURRENCY  # AIMD limit of calls in flight per openai endpoint
 
 
 def run(ir: dict | str | Path, opts: RunOptions) -> dict:
@@ -85,6 +93,8 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     _prepare_output(out_path, opts)
     _prepare_summary(opts)
     openai = _openai_models(engine)
+    for spec in openai.values():
+        spec.adaptive, spec.max_limit = opts.adaptive_concurrency, max(1, opts.max_in_flight)
     total = count_rows(opts.input, opts.limit)
     try:
         started = connect(opts.address)
@@ -379,6 +389,37 @@ def _vllm_models(engine: Engine) -> dict:
         raise RunError(str(e)) from e
 
 
+CLIENT_COUNTERS = ("calls", "ok", "failed", "attempts", "retries", "retry_after", "throttled", "throttle_free",
+                   "outage_waits")
+AIMD_COUNTERS = ("decreases", "latency_decreases", "increases", "pauses", "waited")
+
+
+def client_totals(stats: dict) -> dict:
+    """Per openai model, the counters of its clients in every agent actor summed; per endpoint URL, the
+    adaptive limits (lowest and highest now, decreases, pauses, ...) over those clients."""
+    out: dict[str, dict] = {}
+    for s in stats.values():
+        clients = s.get("clients") if isinstance(s, dict) else None
+        for model, c in (clients or {}).items():
+            if "calls" not in c:                # a vllm ServeClient: other counters
+                continue
+            t = out.setdefault(model, {k: 0 for k in CLIENT_COUNTERS} | {"clients": 0, "endpoints": {}})
+            t["clients"] += 1
+            for k in CLIENT_COUNTERS:
+                t[k] += c.get(k, 0)
+            for e in c.get("endpoints", []):
+                a = e.get("aimd")
+                if a is None:
+                    continue
+                d = t["endpoints"].setdefault(e["url"], {k: 0 for k in AIMD_COUNTERS} | {
+                    "limit_min": a["limit"], "limit_max": a["limit"], "paused_s": 0.0})
+                for k in AIMD_COUNTERS:
+                    d[k] += a[k]
+                d["paused_s"] = round(d["paused_s"] + a["paused_s"], 3)
+                d["limit_min"], d["limit_max"] = min(d["limit_min"], a["limit"]), max(d["limit_max"], a["limit"])
+    return out
+
+
 def _collect_stats(actors: dict[str, Any]) -> dict[str, Any]:
     refs = {k: h.stats.remote() for k, h in actors.items() if k != "sink"}
     out = {}
@@ -443,5 +484,6 @@ def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: 
         "sink": sink_stats, "torn_bytes_cut": cut,
         "wall_s": time.time() - t_start, "pid": os.getpid(),
         "services": {k: v for k, v in stats.items() if ":sim:" in k},
+        "clients": client_totals(stats), "adaptive_concurrency": opts.adaptive_concurrency,
         "nodes": {k: v["node"] for k, v in stats.items() if isinstance(v, dict) and "node" in v},
     }

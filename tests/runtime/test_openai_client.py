@@ -137,8 +137,9 @@ def test_partial_faults_every_call_ends_and_attempts_match_the_server():
 def test_retry_after_is_honoured():
     async def main():
         async with servers(throttle_rate=1.0, retry_after="0") as (srvs, urls):
-            # a backoff of 30 s would stall this test: the server's Retry-After: 0 must win
-            c = OpenAIClient(spec(urls, retries=3, backoff_s=30.0, max_backoff_s=30.0))
+            # a backoff of 30 s would stall this test: the server's Retry-After: 0 must win (429s use
+            # attempts here: no waiting for a rate limit to lift)
+            c = OpenAIClient(spec(urls, retries=3, backoff_s=30.0, max_backoff_s=30.0, throttle_wait_s=0.0))
             with pytest.raises(ModelCallError) as ei:
                 await c.chat(MSGS)
             return ei.value, c.stats, served(srvs[0], code=429), c.pool.snapshot()

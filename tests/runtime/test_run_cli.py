@@ -102,16 +102,17 @@ def test_every_flag_reaches_the_run_options(files, monkeypatch):
                  "--max-in-flight", "7", "--schedule", "batch", "--orchestrator", "central", "--seed", "42",
                  "--overwrite", "--summary", str(files["dir"] / "s.json"), "--limit", "3",
                  "--offload-threshold", "1024", "--address", "127.0.0.1:6390", "--replicas", "teacher=3",
-                 "--replicas", "student=2", "--progress", "plain"])
+                 "--replicas", "student=2", "--progress", "plain", "--adaptive-concurrency", "off"])
     assert code == 0
     o = seen["opts"]
     assert (o.input, o.output, o.backend) == (str(files["in"]), str(files["out"]), "sim")
     assert (o.max_in_flight, o.schedule, o.orchestrator, o.seed) == (7, "batch", "central", 42)
     assert (o.overwrite, o.resume, o.summary, o.limit) == (True, False, str(files["dir"] / "s.json"), 3)
     assert (o.offload_threshold, o.address, o.progress, o.coalesce) == (1024, "127.0.0.1:6390", "plain", True)
-    assert o.replicas == {"teacher": 3, "student": 2}
+    assert o.replicas == {"teacher": 3, "student": 2} and o.adaptive_concurrency is False
     assert seen["ir"]["workflow"]["name"] == "coral"
     main(["run", str(files["ir"]), "-i", str(files["in"]), "-o", str(files["out"]), "--resume"])
     o = seen["opts"]
     assert (o.resume, o.overwrite, o.backend, o.schedule, o.orchestrator, o.max_in_flight) == (
         True, False, None, "row", "p2p", 256)
+    assert o.adaptive_concurrency is True                    # on unless turned off
