@@ -28,15 +28,17 @@ import ray
 
 from .cluster import Handles, Topology, actor_info, tune_gc
 from .message import ID_DUPLICATE, ID_POSITION, id_key, position_key
+from .outputs import read_metas
 from .store import RefStore
 from .transport import Outbox, spawn, unpack
 
 
-def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
+def scan_output(path: str | Path, *, repair: bool = True, ok: list[int] | None = None) -> tuple[set, int]:
     """Ids of the rows already in an output file, read as a stream.
 
     A torn last line (a crash mid-write: no final newline, or not valid JSON) is cut off when
-    ``repair``. Returns ``(ids, bytes cut)``. Lines that are not output rows are ignored.
+    ``repair``. Returns ``(ids, bytes cut)``; ``ok[0]`` is raised by the rows with status ok. Lines that
+    are not output rows are ignored.
     """
     ids: set = set()
     p = Path(path)
@@ -54,7 +56,10 @@ def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
                 continue                    # a broken whole line: not an output row
             meta = obj.get("_meta") if isinstance(obj, dict) else None
             if isinstance(meta, dict) and "id" in meta:
-                ids.add(meta_key(meta))
+                key = meta_key(meta)
+                if ok is not None and meta.get("status") == "ok" and key not in ids:
+                    ok[0] += 1
+                ids.add(key)
     size = p.stat().st_size
     cut = size - good_end
     if cut and repair:
@@ -128,7 +133,8 @@ def meta_key(meta: dict) -> Hashable:
     """The dedup key of an output row from its ``_meta`` (as :attr:`Message.key`): its own id, or its
     position when its id is the position or a duplicate (rows written before ``id_from``: the id)."""
     if meta.get("id_from") in (ID_POSITION, ID_DUPLICATE) and isinstance(meta.get("position"), int):
-        return position_key(meta["position"])
+        trial = meta.get("trial")
+        return position_key(meta["position"], trial if isinstance(trial, int) else None)
     return id_key(meta.get("id"))
 
 
@@ -166,16 +172,27 @@ def write_failure(path: str, exc: OSError) -> str:
 class Sink:
     """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
 
-    def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0):
+    def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0,
+                 prior: str | None = None):
+        """``path``: the JSON Lines file appended to (the output, or a journal: outputs.py); ``prior``:
+        a finished output whose rows count as written too (a Parquet or compressed output, --resume)."""
         tune_gc()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _lock(self._fd, path, lock_wait_s)    # one writer per output file, even across runs
         ctx = ray.get_runtime_context()
+        ok = [0]
         if ctx.was_current_actor_reconstructed or mode == "append":
-            self._written, self.cut_bytes = scan_output(path)
+            self._written, self.cut_bytes = scan_output(path, ok=ok)
         else:  # "new": the driver has checked --overwrite
             os.ftruncate(self._fd, 0)
             self._written, self.cut_bytes = set(), 0
+        if prior is not None and os.path.exists(prior):
+            for meta in read_metas(prior):
+                key = meta_key(meta)
+                if key not in self._written:
+                    ok[0] += meta.get("status") == "ok"
+                    self._written.add(key)
+        self.ok_done = ok[0]                         # ok rows in the output when the sink started
         self._path = path
         self._size = os.fstat(self._fd).st_size     # the end of the last whole line written
         self.failure: str | None = None              # set when the output cannot be written any more
@@ -271,9 +288,10 @@ class Sink:
         done, self._completions = self._completions, []
         return done, self.failure
 
-    def done_ids(self) -> tuple[list[Hashable], int]:
-        """Ids already in the output when the sink started (``--resume``), and torn bytes cut."""
-        return list(self._written), self.cut_bytes
+    def done_ids(self) -> tuple[list[Hashable], int, int]:
+        """Ids already in the output when the sink started (``--resume``), torn bytes cut, and how many
+        of those rows have status ok."""
+        return list(self._written), self.cut_bytes, self.ok_done
 
     def written(self, keys: list[Hashable]) -> list[Hashable]:
         """Which of ``keys`` are in the output."""
