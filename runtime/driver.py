@@ -11,6 +11,8 @@ actors) and re-admit the rows nobody holds and the sink has not written, from th
 
 Scheduling: ``row`` admits a new row the moment one finishes (at most ``max_in_flight`` in the
 system); ``batch`` admits ``max_in_flight`` rows and waits for all of them before the next batch.
+Rows come from an input source (inputs.py); with ``trials`` K each is admitted K times (ids ``ID#k``),
+and with ``until_ok`` N admission ends once N rows with status ok are in the output (docs/data.md).
 """
 
 from __future__ import annotations
