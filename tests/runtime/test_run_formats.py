@@ -4,7 +4,12 @@ JSONL.gz/.zst) into every output format (JSONL, JSONL.zst, Parquet), with bad ro
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import ir_fixtures as F
@@ -104,3 +109,34 @@ def test_output_format_errors_are_clear(ray_local, tmp_path):
         run(F.coral(), opts(src, tmp_path / "out.parquet", resume=True, retry_errors=True))
     with pytest.raises(RunError, match="no such file"):
         run(F.coral(), opts(tmp_path / "none.parquet", tmp_path / "o.jsonl"))
+
+
+def test_sigkill_of_mxc_run_into_parquet_then_resume_writes_every_row_once(ray_local, tmp_path):
+    """A real `mxc run` from Parquet shards into a Parquet output, SIGKILLed mid-run: the output is not
+    there yet, the journal holds whole lines; --resume writes the Parquet output with every row once."""
+    ir = F.coral()
+    ir["models"]["llm"]["sim"].update(ttft_s=0.05)
+    ir_path = tmp_path / "coral.json"
+    ir_path.write_text(json.dumps(F.finish(ir)))
+    n = 120
+    shards, out = write_shards(tmp_path / "shards", coral_rows(n), 25), tmp_path / "out.parquet"
+    journal = Path(journal_path(str(out)))
+    cmd = [sys.executable, "-m", "matrixlang", "run", str(ir_path), "--input", str(shards), "--output", str(out),
+           "--backend", "sim", "--max-in-flight", "8", "--address", ray_local.get_runtime_context().gcs_address,
+           "--progress", "off"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while (not journal.exists() or journal.read_bytes().count(b"\n") < 15) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run wrote nothing"
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and journal.read_bytes().count(b"\n") < n
+    done = subprocess.run(cmd + ["--resume", "--summary", str(tmp_path / "s.json")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == n and not journal.exists()
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["output_rows"] == n and summary["rows"] + summary["skipped_done"] == n
