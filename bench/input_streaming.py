@@ -5,8 +5,9 @@ Method: one input of ``--rows`` rows (default 1M) is written per format: 10 Parq
 and for N in (rows/10, rows), a fresh Python process (imports done) streams the first N rows through what the driver
 does per row before it sends one: ``inputs.open_input(...).rows()`` and ``Engine.new_message`` (parse
 and check against the input schema), then drops the message. It reports the peak resident memory
-(VmHWM) and rows/s. The figure is the ratio peak(N = rows) / peak(N = rows/10): 1.0 means
-memory does not grow with the input. A second series keeps each row's key in a dict, as the driver
+(VmHWM), the peak anonymous memory (RssAnon sampled every 10k rows: the heap, without the file
+pages a memory-mapped dataset brings in, which the kernel can drop) and rows/s. The figure is the
+ratio peak(N = rows) / peak(N = rows/10): 1.0 means memory does not grow with the input. A second series keeps each row's key in a dict, as the driver
 does to find repeated ids (``Driver.seen``): that part grows with the input, by the bytes per row shown.
 
     python -m bench.input_streaming [--rows 1000000] [--out bench/results/input_streaming.json]
@@ -57,13 +58,14 @@ def make_inputs(folder: Path, rows: int) -> dict[str, str]:
     return specs
 
 
-def _hwm_kib() -> int:
-    """This process's peak resident memory (VmHWM; unlike ``ru_maxrss`` it does not start from the
-    parent's peak after fork + exec)."""
+def _status_kib(key: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB: ``VmHWM`` (peak resident; unlike
+    ``ru_maxrss`` it does not start from the parent's peak after fork + exec) or ``RssAnon`` (resident
+    anonymous memory now: the heap, without file pages mapped from a memory-mapped dataset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def stream(spec: str, n: int, keep_keys: bool) -> dict:
@@ -78,7 +80,8 @@ def stream(spec: str, n: int, keep_keys: bool) -> dict:
     ir["input_schema"] = {**ir["input_schema"], **{k: IR_SCHEMA[k] for k in ("properties", "required")}}
     engine = Engine(ir, backend="sim")
     seen: dict = {}
-    base = _hwm_kib()
+    base = _status_kib("VmHWM")
+    anon = _status_kib("RssAnon")
     t0 = time.perf_counter()
     bad = 0
     for pos, raw in open_input(spec).rows(limit=n):
@@ -86,10 +89,12 @@ def stream(spec: str, n: int, keep_keys: bool) -> dict:
         bad += msg.status == "failed"
         if keep_keys:
             seen[msg.key] = pos
+        if pos % 10000 == 0:
+            anon = max(anon, _status_kib("RssAnon"))
     el = time.perf_counter() - t0
-    peak = _hwm_kib()
-    return {"rows": n, "bad": bad, "s": el, "rows_per_s": n / el, "peak_rss_mib": peak / 1024,
-            "start_rss_mib": base / 1024, "keys": len(seen)}
+    anon = max(anon, _status_kib("RssAnon"))
+    return {"rows": n, "bad": bad, "s": el, "rows_per_s": n / el, "peak_rss_mib": _status_kib("VmHWM") / 1024,
+            "start_rss_mib": base / 1024, "peak_anon_mib": anon / 1024, "keys": len(seen)}
 
 
 def main() -> None:
@@ -114,12 +119,17 @@ def main() -> None:
                                          check=True)
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 small, big = runs
+                grow = big["rows"] - small["rows"]
                 series["with_seen_keys" if keep else "stream_and_check"] = {
                     "runs": runs, "peak_ratio": big["peak_rss_mib"] / small["peak_rss_mib"],
-                    "bytes_per_row": (big["peak_rss_mib"] - small["peak_rss_mib"]) * 2**20 / (big["rows"] - small["rows"])}
+                    "bytes_per_row": (big["peak_rss_mib"] - small["peak_rss_mib"]) * 2**20 / grow,
+                    "anon_ratio": big["peak_anon_mib"] / small["peak_anon_mib"],
+                    "anon_bytes_per_row": (big["peak_anon_mib"] - small["peak_anon_mib"]) * 2**20 / grow}
             results["formats"][fmt] = series
             print(fmt, json.dumps({k: {"peak_ratio": round(v["peak_ratio"], 3),
                                        "bytes_per_row": round(v["bytes_per_row"], 1),
+                                       "anon_ratio": round(v["anon_ratio"], 3),
+                                       "anon_bytes_per_row": round(v["anon_bytes_per_row"], 1),
                                        "rows_per_s": round(v["runs"][-1]["rows_per_s"])}
                                    for k, v in series.items()}), flush=True)
     if a.out:

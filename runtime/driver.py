@@ -13,6 +13,8 @@ Scheduling: ``row`` admits a new row the moment one finishes (at most ``max_in_f
 system); ``batch`` admits ``max_in_flight`` rows and waits for all of them before the next batch.
 Rows come from an input source (inputs.py); with ``trials`` K each is admitted K times (ids ``ID#k``),
 and with ``until_ok`` N admission ends once N rows with status ok are in the output (docs/data.md).
+With ``--drivers N`` this driver is one of N shards (shards.py) and admits only the rows
+:func:`shard_of` gives it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import copy
 import random
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from .agent import output_line
 from .cluster import Handles, Topology
 from .engine import Engine
 from .inputs import InputError, Row, Source
-from .message import Message
+from .message import Message, id_key, position_key
 from .names import MAX_IN_FLIGHT, ROW_ATTEMPTS
 from .sink import item_key
 from .transport import Held, Outbox, pick_two
@@ -54,6 +57,8 @@ class DriverConfig:
     trials: int = 1                    # runs of each input row (ids ID#k)
     until_ok: int | None = None        # stop admitting once this many ok rows are in the output
     ok_done: int = 0                   # ok rows already in the output (--resume)
+    shard: int = 0                     # this driver's index among `shards` (mxc run --drivers)
+    shards: int = 1
 
 
 @dataclass(slots=True)
@@ -80,6 +85,21 @@ class DriverResult:
     ended: str = "input"           # "input": every input row was admitted; "until_ok": the target was met
 
 
+def shard_of(engine: Engine, raw: Any, position: int, shards: int) -> int:
+    """The driver shard that admits a row: by its own id (so rows repeating an id meet in one shard,
+    which writes the later ones as ``duplicate_id``), by its position when it has none."""
+    own = engine.own_id(raw)
+    base = position_key(position) if own is None else id_key(own)
+    return zlib.crc32(repr(base).encode("utf-8", "backslashreplace")) % shards
+
+
+def owned_rows(engine: Engine, rows: Iterator[Row], shard: int, shards: int) -> Iterator[Row]:
+    """The rows of ``rows`` that driver ``shard`` of ``shards`` admits."""
+    for pos, raw in rows:
+        if shard_of(engine, raw, pos, shards) == shard:
+            yield pos, raw
+
+
 def trial_rows(rows: Iterator[Row], trials: int) -> Iterator[tuple[int, Any, int | None]]:
     """``(position, raw, trial)``: each row once with trial None when ``trials`` is 1, else ``trials``
     times with trials 0 .. trials-1."""
@@ -101,12 +121,16 @@ class Driver:
         self.handles = Handles(topo)
         if isinstance(source, str):
             source = Source(source, "jsonl", [source])
-        self.rows = trial_rows(source.rows(cfg.limit), cfg.trials)
+        rows = source.rows(cfg.limit)
+        if cfg.shards > 1:
+            rows = owned_rows(engine, rows, cfg.shard, cfg.shards)
+        self.rows = trial_rows(rows, cfg.trials)
         self.on_progress = on_progress
         self.inflight: dict[Hashable, Message] = {}
         self.seen: dict[Hashable, int] = {}      # row key -> input position of its first row
         self.held = Held()
         self.exhausted = False
+        self.halted = False                      # told to admit no more rows (a sharded until_ok)
         self.res = DriverResult()
         self.last_progress = time.monotonic()
         self.incarnations: dict[str, str] = {}
@@ -130,7 +154,7 @@ class Driver:
             self._admit()
             while not (self.exhausted and not self.inflight):
                 try:
-                    done, failure = await sink.poll.remote(0.25)
+                    done, failure = await sink.poll.remote(0.25, self.cfg.shard)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                     await asyncio.sleep(0.2)     # the sink is restarting: it re-reads the output
                     continue
@@ -160,7 +184,7 @@ class Driver:
         else:
             budget = cap - len(self.inflight)
         while budget > 0 and not self.exhausted:
-            if self.target_met():
+            if self.halted or self.target_met():
                 self.exhausted, self.res.ended = True, "until_ok"
                 break
             try:
@@ -187,6 +211,7 @@ class Driver:
         if not trial:
             self.res.input_rows += 1
         msg = self.engine.new_message(line, pos, now, trial=trial)
+        msg.driver = self.cfg.shard
         key = msg.key
         first = self.seen.get(key)
         if first is None:

@@ -329,6 +329,16 @@ class Engine:
         self._advance(msg, "start", self.start, (), now)
         return msg
 
+    def own_id(self, raw: str | bytes | dict) -> str | int | None:
+        """The id a row admitted by :meth:`new_message` takes from its id field (None: known by its
+        position), without admitting it."""
+        try:
+            row = self._rows.parse(raw)
+            self._rows.validate(row)
+        except BadRow as e:
+            row = e.row
+        return self._rows.own_id(row)
+
     def _set_id(self, msg: Message, position: int) -> None:
         own = self._rows.own_id(msg.row)
         msg.id, msg.id_from = (position, ID_POSITION) if own is None else (own, ID_FIELD)

@@ -61,6 +61,7 @@ class Message:
     position: int = 0
     id_from: str = ID_FIELD
     trial: int | None = None
+    driver: int = 0          # the driver shard that admitted the row (`mxc run --drivers`)
 
     @property
     def key(self) -> Hashable:
@@ -81,7 +82,7 @@ class Message:
             "history": [dict(e) for e in self.history],
             "usage": {k: dict(v) for k, v in self.usage.items()},
             "timing": dict(self.timing), "attempt": self.attempt, "position": self.position,
-            "id_from": self.id_from, "trial": self.trial,
+            "id_from": self.id_from, "trial": self.trial, "driver": self.driver,
         }
 
     @classmethod
@@ -95,5 +96,5 @@ class Message:
             usage={k: dict(v) for k, v in d.get("usage", {}).items()},
             timing=dict(d.get("timing", {"admitted": None, "finished": None})),
             attempt=d.get("attempt", 0), position=d.get("position", 0), id_from=d.get("id_from", ID_FIELD),
-            trial=d.get("trial"),
+            trial=d.get("trial"), driver=d.get("driver", 0),
         )

@@ -30,6 +30,7 @@ from .ir import IRError, load_ir
 from .names import CALL_TIMEOUT_S, MAX_IN_FLIGHT, OFFLOAD_THRESHOLD, RETRIES, ROW_ATTEMPTS, TRIALS
 from .outputs import OutputError, finalize, journal_path, output_exists, output_format, read_metas
 from .progress import RunProgress, percentile, print_summary
+from .shards import run_shards
 from .simservice import SimService
 from .sink import OutputLocked, Sink, drop_rows
 
@@ -77,6 +78,7 @@ class RunOptions:
     run_id: str | None = None             # names the run's actors (tests use it to find them)
     idle_scan_s: float = 5.0
     colocate: str = "auto"                # "auto" | "all" | "none": roles sharing agent actors
+    drivers: int = 1                      # driver shards admitting and tracking rows (runtime/shards.py)
     trials: int | None = None             # runs of each row (None: the program's limits.trials)
     until_ok: int | None = None           # stop at this many ok rows (None: the program's limits.until_ok)
 
@@ -104,6 +106,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
                        "to run on a local Ray") from e
     cluster = {"address": ray.get_runtime_context().gcs_address, "started": started}
     actors: dict[str, Any] = {}
+    shard_handles: list = []
     try:
         topo = _topology(engine, opts)
         actors = _launch(engine, topo, opts, out_path, openai, _vllm_models(engine))
@@ -114,21 +117,24 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
                            row_attempts=int(engine.limits.get("row_attempts", ROW_ATTEMPTS)),
                            idle_scan_s=opts.idle_scan_s, done_ids=done_ids, trials=trials,
                            until_ok=until_ok, ok_done=ok_done)
-        driver = Driver(engine, topo, source, cfg)
         with RunProgress(total, opts.progress) as prog:
-            driver.on_progress = prog.update
-            res = asyncio.run(driver.run())
+            if opts.drivers > 1:
+                here = NodeAffinitySchedulingStrategy(node_id=this_node_id(), soft=False)
+                res = run_shards(engine, topo, source, cfg, opts.drivers, here, prog.update, shard_handles)
+            else:
+                driver = Driver(engine, topo, source, cfg, on_progress=prog.update)
+                res = asyncio.run(driver.run())
         sink_stats = ray.get(actors["sink"].close.remote())
         stats = _collect_stats(actors)
     finally:
-        for h in actors.values():
+        for h in [*shard_handles, *actors.values()]:
             ray.kill(h)
         if started:
             ray.shutdown()
     summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
     summary["cluster"] = cluster
     summary["stopped"] = res.stopped or sink_stats.get("failure")
-    summary.update(trials=trials, until_ok=until_ok, ok_rows=ok_done + res.by_status.get("ok", 0),
+    summary.update(drivers=opts.drivers, trials=trials, until_ok=until_ok, ok_rows=ok_done + res.by_status.get("ok", 0),
                    ended=_ended(res, summary["stopped"], until_ok), input=source.spec, input_format=source.kind,
                    output_format=output_format(out_path))
     if journal != out_path:
@@ -225,6 +231,11 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError(f"--colocate must be auto, all or none, got {opts.colocate!r}")
     if opts.max_in_flight < 1:
         raise RunError("--max-in-flight must be at least 1")
+    if opts.drivers < 1:
+        raise RunError("--drivers must be at least 1")
+    if opts.drivers > opts.max_in_flight:
+        raise RunError(f"--drivers {opts.drivers} is more than --max-in-flight {opts.max_in_flight}: "
+                       "each driver needs a row in flight")
     if opts.limit is not None and opts.limit < 0:
         raise RunError("--limit must be >= 0")
     for name, n in opts.replicas.items():

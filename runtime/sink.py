@@ -200,7 +200,7 @@ class Sink:
         self._handles = Handles(topo)
         self._outbox: Outbox | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._completions: list = []
+        self._completions: dict[int, list] = {}     # driver shard -> its rows written, not yet polled
         self._event: asyncio.Event | None = None
         self.duplicates = 0
         self.lines = 0
@@ -223,7 +223,8 @@ class Sink:
             self._written.update(keys)
             self.lines += len(keys)
             self.refs.free(list(keys))
-            self._completions.extend(keys.items())
+            for key, info in keys.items():
+                self._completions.setdefault(info.get("driver", 0), []).append((key, info))
             self._wake()
         return 0
 
@@ -276,16 +277,16 @@ class Sink:
         if self._event is not None:
             self._event.set()
 
-    async def poll(self, timeout: float = 0.25) -> tuple[list[tuple[Hashable, dict]], str | None]:
-        """Completions since the last poll, and the write failure if the output cannot be written;
-        waits up to ``timeout`` seconds for at least one completion."""
-        if not self._completions and self.failure is None:
+    async def poll(self, timeout: float = 0.25, driver: int = 0) -> tuple[list[tuple[Hashable, dict]], str | None]:
+        """Completions of ``driver``'s rows since its last poll, and the write failure if the output
+        cannot be written; waits up to ``timeout`` seconds for at least one completion."""
+        if not self._completions.get(driver) and self.failure is None:
             if self._event is None:
                 self._event = asyncio.Event()
             self._event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
-        done, self._completions = self._completions, []
+        done = self._completions.pop(driver, [])
         return done, self.failure
 
     def done_ids(self) -> tuple[list[Hashable], int, int]:

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--until-ok", type=int, metavar="N",
                    help="stop admitting rows once N rows with status ok are in the output; the rows in "
                         "flight finish (default: the program's limits.until_ok, none)")
+    p.add_argument("--drivers", type=int, default=1, metavar="N",
+                   help="shard admission and completion tracking over N driver actors, each with its share "
+                        "of --max-in-flight (1: in this process)")
     p.add_argument("--backend", choices=["sim"], help="replace every model by the built-in simulator")
     p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, metavar="N",
                    help=f"rows in the system at once ({MAX_IN_FLIGHT})")
@@ -121,7 +124,7 @@ def run(args) -> int:
         overwrite=args.overwrite, summary=args.summary, limit=args.limit,
         offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
         progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id,
-        colocate=args.colocate, trials=args.trials, until_ok=args.until_ok)
+        colocate=args.colocate, trials=args.trials, until_ok=args.until_ok, drivers=args.drivers)
     try:
         run_ir(ir, opts)
     except RunStopped as e:
