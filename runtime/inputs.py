@@ -36,8 +36,9 @@ Row = tuple[int, Any]
 
 @dataclass(slots=True)
 class Source:
-    """One resolved input: ``kind`` is ``jsonl``, ``parquet`` or ``hf``; ``paths`` its files (a dataset's
-    folder for ``hf``); ``split`` the dataset split."""
+    """One resolved input: ``kind`` is ``jsonl``, ``parquet`` or ``hf``; ``paths`` its files, absolute
+    (a dataset's folder for ``hf``; driver shards read them in actors of their own); ``split`` the
+    dataset split."""
 
     spec: str
     kind: str
@@ -116,14 +117,14 @@ def open_input(spec: str) -> Source:
         return Source(spec, "jsonl", ["-"])
     if spec.startswith(HF_PREFIX):
         path, split = _hf_spec(spec[len(HF_PREFIX):])
-        src = Source(spec, "hf", [path], split)
+        src = Source(spec, "hf", [os.path.abspath(path)], split)
         _hf_dataset(path, split)
         return src
     p = Path(spec)
     if p.is_dir():
         if any((p / m).is_file() for m in HF_MARKERS):
             _hf_dataset(spec, None)
-            return Source(spec, "hf", [spec])
+            return Source(spec, "hf", [os.path.abspath(spec)])
         shards = sorted(str(x) for x in p.rglob("*.parquet") if x.is_file())
         if not shards:
             raise InputError(f"input {spec!r} is a folder with no *.parquet shards and no saved dataset")
@@ -140,13 +141,13 @@ def open_input(spec: str) -> Source:
     if p.suffix == ".parquet":
         return _parquet_source(spec, [spec])
     _open_lines(spec).close()
-    return Source(spec, "jsonl", [spec])
+    return Source(spec, "jsonl", [os.path.abspath(spec)])
 
 
 def _parquet_source(spec: str, files: list[str]) -> Source:
     for f in files:
         _parquet_file(f)            # every footer readable before the run starts
-    return Source(spec, "parquet", files)
+    return Source(spec, "parquet", [os.path.abspath(f) for f in files])
 
 
 def _parquet_file(path: str) -> Any:

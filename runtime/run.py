@@ -233,6 +233,8 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError("--max-in-flight must be at least 1")
     if opts.drivers < 1:
         raise RunError("--drivers must be at least 1")
+    if opts.drivers > 1 and opts.input == "-":
+        raise RunError("--drivers reads the input in each driver: standard input (-) can be read only once")
     if opts.drivers > opts.max_in_flight:
         raise RunError(f"--drivers {opts.drivers} is more than --max-in-flight {opts.max_in_flight}: "
                        "each driver needs a row in flight")

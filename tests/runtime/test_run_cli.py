@@ -36,6 +36,8 @@ def mxc_run(capsys, *args: str) -> tuple[int, str]:
     (["--limit", "-1"], "--limit must be >= 0"),
     (["--trials", "0"], "--trials must be at least 1"),
     (["--until-ok", "0"], "--until-ok must be at least 1"),
+    (["--drivers", "0"], "--drivers must be at least 1"),
+    (["--drivers", "3", "--max-in-flight", "2"], "more than --max-in-flight"),
 ])
 def test_bad_options_exit_2(capsys, files, extra, message):
     code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim",
@@ -110,14 +112,14 @@ def test_every_flag_reaches_the_run_options(files, monkeypatch):
                  "--max-in-flight", "7", "--schedule", "batch", "--orchestrator", "central", "--seed", "42",
                  "--overwrite", "--summary", str(files["dir"] / "s.json"), "--limit", "3",
                  "--offload-threshold", "1024", "--address", "127.0.0.1:6390", "--replicas", "teacher=3",
-                 "--replicas", "student=2", "--progress", "plain", "--trials", "3", "--until-ok", "9"])
+                 "--replicas", "student=2", "--progress", "plain", "--trials", "3", "--until-ok", "9", "--drivers", "2"])
     assert code == 0
     o = seen["opts"]
     assert (o.input, o.output, o.backend) == (str(files["in"]), str(files["out"]), "sim")
     assert (o.max_in_flight, o.schedule, o.orchestrator, o.seed) == (7, "batch", "central", 42)
     assert (o.overwrite, o.resume, o.summary, o.limit) == (True, False, str(files["dir"] / "s.json"), 3)
     assert (o.offload_threshold, o.address, o.progress, o.coalesce) == (1024, "127.0.0.1:6390", "plain", True)
-    assert o.replicas == {"teacher": 3, "student": 2} and (o.trials, o.until_ok) == (3, 9)
+    assert o.replicas == {"teacher": 3, "student": 2} and (o.trials, o.until_ok, o.drivers) == (3, 9, 2)
     assert seen["ir"]["workflow"]["name"] == "coral"
     main(["run", str(files["ir"]), "-i", str(files["in"]), "-o", str(files["out"]), "--resume"])
     o = seen["opts"]
@@ -130,5 +132,5 @@ def test_help_names_the_formats_and_the_new_flags(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for word in ("--trials", "--until-ok", ".parquet", "hf:PATH[:SPLIT]", ".jsonl.zst", "journal"):
+    for word in ("--trials", "--until-ok", "--drivers", ".parquet", "hf:PATH[:SPLIT]", ".jsonl.zst", "journal"):
         assert word in out, word
