@@ -156,6 +156,7 @@ def finalize(path: str, *, fsync: bool = True) -> int:
                     yield row
 
     tmp = path + ".tmp"
+    lock = _lock_journal(journal)
     try:
         n = (_write_parquet if output_format(path) == "parquet" else _write_lines)(tmp, rows, output_format(path))
         if fsync:
@@ -173,7 +174,25 @@ def finalize(path: str, *, fsync: bool = True) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if lock is not None:
+            os.close(lock)
     return n
+
+
+def _lock_journal(journal: str, wait_s: float = 30.0) -> int | None:
+    """Hold the journal's lock while it is merged and removed (a run's sink may still be exiting; a
+    run writing it now makes this an OutputError). None when there is no journal."""
+    from .sink import OutputLocked, _lock
+
+    try:
+        fd = os.open(journal, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        _lock(fd, journal, wait_s)              # closes fd when it gives up
+    except OutputLocked as e:
+        raise OutputError(str(e)) from None
+    return fd
 
 
 def _write_lines(tmp: str, rows: Callable[[], Iterator[dict]], fmt: str) -> int:
