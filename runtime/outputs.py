@@ -121,7 +121,7 @@ def _parquet_rows(path: str) -> Iterator[dict]:
 
 # ---- finalizing ------------------------------------------------------------------------------------
 
-def finalize(path: str, *, fsync: bool = True) -> int:
+def finalize(path: str, *, fsync: bool = True, lock_wait_s: float = 30.0) -> int:
     """Merge an earlier output at ``path`` (if any) and the journal into ``path`` (format by name),
     atomically; remove the journal. Returns the rows in the output. OutputError on failure (the
     journal and the earlier output are then untouched)."""
@@ -156,7 +156,7 @@ def finalize(path: str, *, fsync: bool = True) -> int:
                     yield row
 
     tmp = path + ".tmp"
-    lock = _lock_journal(journal)
+    lock = _lock_journal(journal, lock_wait_s)
     try:
         n = (_write_parquet if output_format(path) == "parquet" else _write_lines)(tmp, rows, output_format(path))
         if fsync:
