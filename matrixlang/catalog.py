@@ -110,6 +110,8 @@ LIMITS = {
     "call_timeout": Key("duration", 0, doc="default timeout of one model or tool call"),
     "retries": Key("int", 0, doc="retries of a failed service call"),
     "row_attempts": Key("int", 1, doc="times a row is run again after its agent died"),
+    "trials": Key("int", 1, doc="runs of each input row, ids ID#k (mxc run --trials)"),
+    "until_ok": Key("int", 1, doc="stop admitting rows once this many ok rows are written (mxc run --until-ok)"),
 }
 TYPES = ("str", "int", "float", "bool", "json", "list")
 

@@ -80,6 +80,10 @@ def check_ir(ir: dict) -> None:
     for key in ("max_steps", "row_timeout_s"):
         if not isinstance(limits.get(key), (int, float)) or isinstance(limits.get(key), bool):
             raise IRError(f"limits.{key} must be a number")
+    for key in ("trials", "until_ok"):         # IR 1.2; absent: the defaults
+        v = limits.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise IRError(f"limits.{key} must be an integer >= 1 or null, got {v!r}")
     fields = _obj(ir, "output").get("fields")
     if not isinstance(fields, list) or not all(
         isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("expr"), dict)

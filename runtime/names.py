@@ -72,9 +72,11 @@ OUTAGE_WAIT_S = 300.0       # a call waits out an outage of every endpoint of it
 THROTTLE_WAIT_S = 300.0     # a call's 429/503 answers use none of its attempts this long (while others succeed)
 THROTTLE_PROGRESS_S = 60.0  # ... provided the model answered some call this recently
 ROW_ATTEMPTS = 3
+TRIALS = 1                  # runs of each input row (`limits { trials }`, `mxc run --trials`)
+UNTIL_OK = None             # no target: every row runs (`limits { until_ok }`, `mxc run --until-ok`)
 LIMIT_DEFAULTS = {"max_steps": MAX_STEPS, "row_timeout_s": ROW_TIMEOUT_S, "call_timeout_s": CALL_TIMEOUT_S,
-                  "retries": RETRIES, "row_attempts": ROW_ATTEMPTS}
-"""The IR's `limits` when the program sets none."""
+                  "retries": RETRIES, "row_attempts": ROW_ATTEMPTS, "trials": TRIALS, "until_ok": UNTIL_OK}
+"""The IR's `limits` when the program sets none (IR 1.2 added `trials` and `until_ok`)."""
 
 MODEL_DEFAULTS = {"api": "chat", "replicas": 1, "max_concurrency": 256, "tensor_parallel": 1,
                   "pipeline_parallel": 1}

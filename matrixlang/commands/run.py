@@ -1,4 +1,4 @@
-"""`mxc run FILE.mx|FILE.json --input IN.jsonl --output OUT.jsonl ...`: run a workflow on Ray."""
+"""`mxc run FILE.mx|FILE.json --input IN --output OUT ...`: run a workflow on Ray."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ EPILOG = """examples:
   mxc run coral.json --input rows.jsonl --output out.jsonl --resume --summary s.json
   mxc run coral.mx --input rows.jsonl --output out.jsonl --schedule batch --max-in-flight 128
   mxc run coral.mx --input rows.jsonl --output out.jsonl --address ray://head:10001 --replicas teacher=4
+  mxc run coral.mx --input 'shards/*.parquet' --output out.parquet --trials 4 --until-ok 10000
+  mxc run coral.mx --input hf:data/saved:train --output out.jsonl.zst
+
+inputs: JSON Lines (.jsonl, also .jsonl.gz and .jsonl.zst; - for stdin), Parquet (a .parquet file, a
+folder of shards or a quoted glob), a Hugging Face dataset saved with save_to_disk (its folder, or
+hf:PATH[:SPLIT]). outputs by name: .parquet, .jsonl.zst, .jsonl.gz (written from OUT.journal.jsonl when
+the run completes) or JSON Lines (any other name).
 
 exit status: 0 when the run completed (rows that failed are written with their reason),
 1 when the program has errors, 2 when the input, output or options are unusable,
@@ -21,13 +28,25 @@ exit status: 0 when the run completed (rows that failed are written with their r
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "run", help="run a workflow over a JSONL input on Ray",
-        description="Run a .mx program (or its compiled IR, a .json file) over every row of a JSON Lines "
-                    "input, peer to peer on Ray, writing one output row per input row.",
+        "run", help="run a workflow over an input (JSONL, Parquet, a saved dataset) on Ray",
+        description="Run a .mx program (or its compiled IR, a .json file) over every row of an input "
+                    "(JSON Lines, Parquet shards or a saved Hugging Face dataset), peer to peer on Ray, "
+                    "writing one output row per input row (and trial).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a .mx program or its IR (.json)")
-    p.add_argument("--input", "-i", required=True, metavar="IN.jsonl", help="input rows (JSON Lines; - for stdin)")
-    p.add_argument("--output", "-o", required=True, metavar="OUT.jsonl", help="output rows (JSON Lines)")
+    p.add_argument("--input", "-i", required=True, metavar="IN",
+                   help="input rows: .jsonl[.gz|.zst] (- for stdin), .parquet, a folder or glob of Parquet "
+                        "shards, a saved dataset's folder or hf:PATH[:SPLIT]")
+    p.add_argument("--output", "-o", required=True, metavar="OUT",
+                   help="output rows: .parquet, .jsonl.zst, .jsonl.gz or JSON Lines (any other name)")
+    p.add_argument("--trials", type=int, metavar="K",
+                   help="run each input row K times, ids ID#k (default: the program's limits.trials, 1)")
+    p.add_argument("--until-ok", type=int, metavar="N",
+                   help="stop admitting rows once N rows with status ok are in the output; the rows in "
+                        "flight finish (default: the program's limits.until_ok, none)")
+    p.add_argument("--drivers", type=int, default=1, metavar="N",
+                   help="shard admission and completion tracking over N driver actors, each with its share "
+                        "of --max-in-flight (1: in this process)")
     p.add_argument("--backend", choices=["sim"], help="replace every model by the built-in simulator")
     p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, metavar="N",
                    help=f"rows in the system at once ({MAX_IN_FLIGHT})")
@@ -110,7 +129,8 @@ def run(args) -> int:
         overwrite=args.overwrite, summary=args.summary, limit=args.limit,
         offload_threshold=args.offload_threshold, address=args.address, replicas=replicas,
         progress=args.progress, coalesce=not args.no_coalesce, run_id=args.run_id,
-        colocate=args.colocate, adaptive_concurrency=args.adaptive_concurrency == "on")
+        colocate=args.colocate, adaptive_concurrency=args.adaptive_concurrency == "on",
+        trials=args.trials, until_ok=args.until_ok, drivers=args.drivers)
     try:
         run_ir(ir, opts)
     except RunStopped as e:

@@ -41,7 +41,7 @@ def output_line(engine: Engine, msg: Message, texts) -> tuple[Hashable, bytes, d
     info = {"status": msg.status, "reason": msg.reason, "attempt": msg.attempt, "steps": msg.steps,
             "prompt_tokens": sum(x["prompt_tokens"] for x in u),
             "completion_tokens": sum(x["completion_tokens"] for x in u),
-            "finished": msg.timing.get("finished")}
+            "finished": msg.timing.get("finished"), "driver": msg.driver}
     return msg.key, line, info
 
 

@@ -27,17 +27,19 @@ from typing import Any
 import ray
 
 from ..control.cluster import Handles, Topology, actor_info, tune_gc
+from ..data.outputs import read_metas
 from ..semantics.message import ID_DUPLICATE, ID_POSITION, id_key, position_key
 from ..transport.outbox import Outbox, spawn, unpack
 from ..transport.protocol import FETCHED
 from ..transport.store import RefStore
 
 
-def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
+def scan_output(path: str | Path, *, repair: bool = True, ok: list[int] | None = None) -> tuple[set, int]:
     """Ids of the rows already in an output file, read as a stream.
 
     A torn last line (a crash mid-write: no final newline, or not valid JSON) is cut off when
-    ``repair``. Returns ``(ids, bytes cut)``. Lines that are not output rows are ignored.
+    ``repair``. Returns ``(ids, bytes cut)``; ``ok[0]`` is raised by the rows with status ok. Lines that
+    are not output rows are ignored.
     """
     ids: set = set()
     p = Path(path)
@@ -55,7 +57,10 @@ def scan_output(path: str | Path, *, repair: bool = True) -> tuple[set, int]:
                 continue                    # a broken whole line: not an output row
             meta = obj.get("_meta") if isinstance(obj, dict) else None
             if isinstance(meta, dict) and "id" in meta:
-                ids.add(meta_key(meta))
+                key = meta_key(meta)
+                if ok is not None and meta.get("status") == "ok" and key not in ids:
+                    ok[0] += 1
+                ids.add(key)
     size = p.stat().st_size
     cut = size - good_end
     if cut and repair:
@@ -129,7 +134,8 @@ def meta_key(meta: dict) -> Hashable:
     """The dedup key of an output row from its ``_meta`` (as :attr:`Message.key`): its own id, or its
     position when its id is the position or a duplicate (rows written before ``id_from``: the id)."""
     if meta.get("id_from") in (ID_POSITION, ID_DUPLICATE) and isinstance(meta.get("position"), int):
-        return position_key(meta["position"])
+        trial = meta.get("trial")
+        return position_key(meta["position"], trial if isinstance(trial, int) else None)
     return id_key(meta.get("id"))
 
 
@@ -167,16 +173,27 @@ def write_failure(path: str, exc: OSError) -> str:
 class Sink:
     """Appends output rows; dedups by id; frees offloaded texts; reports completions."""
 
-    def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0):
+    def __init__(self, path: str, mode: str, topo: Topology, lock_wait_s: float = 30.0,
+                 prior: str | None = None):
+        """``path``: the JSON Lines file appended to (the output, or a journal: outputs.py); ``prior``:
+        a finished output whose rows count as written too (a Parquet or compressed output, --resume)."""
         tune_gc()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _lock(self._fd, path, lock_wait_s)    # one writer per output file, even across runs
         ctx = ray.get_runtime_context()
+        ok = [0]
         if ctx.was_current_actor_reconstructed or mode == "append":
-            self._written, self.cut_bytes = scan_output(path)
+            self._written, self.cut_bytes = scan_output(path, ok=ok)
         else:  # "new": the driver has checked --overwrite
             os.ftruncate(self._fd, 0)
             self._written, self.cut_bytes = set(), 0
+        if prior is not None and os.path.exists(prior):
+            for meta in read_metas(prior):
+                key = meta_key(meta)
+                if key not in self._written:
+                    ok[0] += meta.get("status") == "ok"
+                    self._written.add(key)
+        self.ok_done = ok[0]                         # ok rows in the output when the sink started
         self._path = path
         self._size = os.fstat(self._fd).st_size     # the end of the last whole line written
         self.failure: str | None = None              # set when the output cannot be written any more
@@ -184,7 +201,7 @@ class Sink:
         self._handles = Handles(topo)
         self._outbox: Outbox | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._completions: list = []
+        self._completions: dict[int, list] = {}     # driver shard -> its rows written, not yet polled
         self._event: asyncio.Event | None = None
         self.duplicates = 0
         self.lines = 0
@@ -207,7 +224,8 @@ class Sink:
             self._written.update(keys)
             self.lines += len(keys)
             self.refs.free(list(keys))
-            self._completions.extend(keys.items())
+            for key, info in keys.items():
+                self._completions.setdefault(info.get("driver", 0), []).append((key, info))
             self._wake()
         return 0
 
@@ -260,21 +278,22 @@ class Sink:
         if self._event is not None:
             self._event.set()
 
-    async def poll(self, timeout: float = 0.25) -> tuple[list[tuple[Hashable, dict]], str | None]:
-        """Completions since the last poll, and the write failure if the output cannot be written;
-        waits up to ``timeout`` seconds for at least one completion."""
-        if not self._completions and self.failure is None:
+    async def poll(self, timeout: float = 0.25, driver: int = 0) -> tuple[list[tuple[Hashable, dict]], str | None]:
+        """Completions of ``driver``'s rows since its last poll, and the write failure if the output
+        cannot be written; waits up to ``timeout`` seconds for at least one completion."""
+        if not self._completions.get(driver) and self.failure is None:
             if self._event is None:
                 self._event = asyncio.Event()
             self._event.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
-        done, self._completions = self._completions, []
+        done = self._completions.pop(driver, [])
         return done, self.failure
 
-    def done_ids(self) -> tuple[list[Hashable], int]:
-        """Ids already in the output when the sink started (``--resume``), and torn bytes cut."""
-        return list(self._written), self.cut_bytes
+    def done_ids(self) -> tuple[list[Hashable], int, int]:
+        """Ids already in the output when the sink started (``--resume``), torn bytes cut, and how many
+        of those rows have status ok."""
+        return list(self._written), self.cut_bytes, self.ok_done
 
     def written(self, keys: list[Hashable]) -> list[Hashable]:
         """Which of ``keys`` are in the output."""

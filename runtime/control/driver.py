@@ -11,6 +11,10 @@ actors) and re-admit the rows nobody holds and the sink has not written, from th
 
 Scheduling: ``row`` admits a new row the moment one finishes (at most ``max_in_flight`` in the
 system); ``batch`` admits ``max_in_flight`` rows and waits for all of them before the next batch.
+Rows come from an input source (inputs.py); with ``trials`` K each is admitted K times (ids ``ID#k``),
+and with ``until_ok`` N admission ends once N rows with status ok are in the output (docs/data.md).
+With ``--drivers N`` this driver is one of N shards (shards.py) and admits only the rows
+:func:`shard_of` gives it.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
 from ..actors.routing import output_line
 from ..actors.sink import item_key
+from ..data.inputs import InputError, Row, Source
 from ..names import MAX_IN_FLIGHT, ROW_ATTEMPTS
 from ..semantics.engine import Engine
-from ..semantics.message import Message
+from ..semantics.message import Message, id_key, position_key
 from ..transport.outbox import Held, Outbox, pick_two
 from ..transport.protocol import TO_AGENT, TO_COORDINATOR, TO_OUTPUT
 from .cluster import Handles, Topology
@@ -49,6 +55,11 @@ class DriverConfig:
     ping_s: float = 0.5                # liveness pings of every actor
     idle_scan_s: float = 5.0           # no completion for this long: look for lost rows
     done_ids: set = field(default_factory=set)   # already in the output (--resume)
+    trials: int = 1                    # runs of each input row (ids ID#k)
+    until_ok: int | None = None        # stop admitting once this many ok rows are in the output
+    ok_done: int = 0                   # ok rows already in the output (--resume)
+    shard: int = 0                     # this driver's index among `shards` (mxc run --drivers)
+    shards: int = 1
 
 
 @dataclass(slots=True)
@@ -72,41 +83,55 @@ class DriverResult:
     deaths: int = 0
     input_rows: int = 0
     stopped: str | None = None     # why the run stopped before every row was written (a full disk)
+    ended: str = "input"           # "input": every input row was admitted; "until_ok": the target was met
 
 
-def read_rows(path: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """``(position, line)`` of each non-blank input line, streamed; ``-`` reads standard input.
+def shard_of(engine: Engine, raw: Any, position: int, shards: int) -> int:
+    """The driver shard that admits a row: by its own id (so rows repeating an id meet in one shard,
+    which writes the later ones as ``duplicate_id``), by its position when it has none."""
+    own = engine.own_id(raw)
+    base = position_key(position) if own is None else id_key(own)
+    return zlib.crc32(repr(base).encode("utf-8", "backslashreplace")) % shards
 
-    Lines are bytes, split on ``\\n`` alone as JSON Lines says (a bare CR is JSON whitespace, not a line
-    break); each row decodes its own line, so invalid UTF-8 fails that row alone."""
-    f = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    try:
-        pos = 0
-        for line in f:
-            if not line.strip():
-                continue
-            if limit is not None and pos >= limit:
-                break
-            yield pos, line
-            pos += 1
-    finally:
-        if path != "-":
-            f.close()
+
+def owned_rows(engine: Engine, rows: Iterator[Row], shard: int, shards: int) -> Iterator[Row]:
+    """The rows of ``rows`` that driver ``shard`` of ``shards`` admits."""
+    for pos, raw in rows:
+        if shard_of(engine, raw, pos, shards) == shard:
+            yield pos, raw
+
+
+def trial_rows(rows: Iterator[Row], trials: int) -> Iterator[tuple[int, Any, int | None]]:
+    """``(position, raw, trial)``: each row once with trial None when ``trials`` is 1, else ``trials``
+    times with trials 0 .. trials-1."""
+    if trials == 1:
+        for pos, raw in rows:
+            yield pos, raw, None
+        return
+    for pos, raw in rows:
+        for k in range(trials):
+            yield pos, raw, k
 
 
 class Driver:
     """Admission, completion tracking and lost-row recovery for one run (an asyncio object)."""
 
-    def __init__(self, engine: Engine, topo: Topology, input_path: str, cfg: DriverConfig,
+    def __init__(self, engine: Engine, topo: Topology, source: str | Source, cfg: DriverConfig,
                  on_progress: Callable[[Driver], None] | None = None):
         self.engine, self.topo, self.cfg = engine, topo, cfg
         self.handles = Handles(topo)
-        self.rows = read_rows(input_path, cfg.limit)
+        if isinstance(source, str):
+            source = Source(source, "jsonl", [source])
+        rows = source.rows(cfg.limit)
+        if cfg.shards > 1:
+            rows = owned_rows(engine, rows, cfg.shard, cfg.shards)
+        self.rows = trial_rows(rows, cfg.trials)
         self.on_progress = on_progress
         self.inflight: dict[Hashable, Message] = {}
         self.seen: dict[Hashable, int] = {}      # row key -> input position of its first row
         self.held = Held()
         self.exhausted = False
+        self.halted = False                      # told to admit no more rows (a sharded until_ok)
         self.res = DriverResult()
         self.last_progress = time.monotonic()
         self.incarnations: dict[str, str] = {}
@@ -130,7 +155,7 @@ class Driver:
             self._admit()
             while not (self.exhausted and not self.inflight):
                 try:
-                    done, failure = await sink.poll.remote(0.25)
+                    done, failure = await sink.poll.remote(0.25, self.cfg.shard)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                     await asyncio.sleep(0.2)     # the sink is restarting: it re-reads the output
                     continue
@@ -160,17 +185,34 @@ class Driver:
         else:
             budget = cap - len(self.inflight)
         while budget > 0 and not self.exhausted:
-            nxt = next(self.rows, None)
+            if self.halted or self.target_met():
+                self.exhausted, self.res.ended = True, "until_ok"
+                break
+            try:
+                nxt = next(self.rows, None)
+            except InputError as e:              # a shard broke mid-read: finish what is in flight, stop
+                self.exhausted, self.res.stopped = True, str(e)
+                break
             if nxt is None:
                 self.exhausted = True
                 break
             if self._admit_line(*nxt):
                 budget -= 1
 
-    def _admit_line(self, pos: int, line: str) -> bool:
+    def ok_rows(self) -> int:
+        """Rows with status ok in the output: written by earlier runs (--resume) and by this one."""
+        return self.cfg.ok_done + self.res.by_status.get("ok", 0)
+
+    def target_met(self) -> bool:
+        """Whether ``until_ok`` ok rows are in the output."""
+        return self.cfg.until_ok is not None and self.ok_rows() >= self.cfg.until_ok
+
+    def _admit_line(self, pos: int, line: Any, trial: int | None = None) -> bool:
         now = time.time()
-        self.res.input_rows += 1
-        msg = self.engine.new_message(line, pos, now)
+        if not trial:
+            self.res.input_rows += 1
+        msg = self.engine.new_message(line, pos, now, trial=trial)
+        msg.driver = self.cfg.shard
         key = msg.key
         first = self.seen.get(key)
         if first is None:

@@ -103,6 +103,8 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
         t.add_row(f"  {status}", str(n))
     for reason, n in summary["by_reason"].items():
         t.add_row(f"    {reason}", str(n))
+    if summary.get("output_rows") is not None:
+        t.add_row("rows in the output", f"{summary['output_rows']} ({summary.get('output_format')})")
     if summary.get("skipped_done"):
         t.add_row("skipped (already in output)", str(summary["skipped_done"]))
     if summary.get("retried_errors"):
@@ -111,6 +113,12 @@ def print_summary(summary: dict, stream: TextIO | None = None) -> None:
         t.add_row("duplicate ids (written failed)", str(summary["duplicate_ids"]))
     if summary.get("readmitted") or summary.get("lost"):
         t.add_row("re-admitted / lost", f"{summary['readmitted']} / {summary['lost']}")
+    if summary.get("trials", 1) > 1:
+        t.add_row("trials", f"{summary['trials']} per input row ({summary.get('input_rows', 0)} input rows)")
+    if summary.get("until_ok") is not None:
+        t.add_row("until_ok", f"{summary.get('ok_rows')} ok of {summary['until_ok']}; {summary.get('ended')}")
+    if summary.get("drivers", 1) > 1:
+        t.add_row("drivers", str(summary["drivers"]))
     t.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")
     t.add_row("rows/s", f"{summary['rows_per_s']:.1f}")
     t.add_row("tokens (completion)", f"{summary['tokens']}  ({summary['tokens_per_s']:.0f}/s)")

@@ -24,6 +24,8 @@ from ..actors.agent import AgentActor, AgentConfig
 from ..actors.coordinator import Coordinator
 from ..actors.sim_service import SimService
 from ..actors.sink import OutputLocked, Sink, drop_rows
+from ..data.inputs import InputError, Source, open_input
+from ..data.outputs import OutputError, finalize, journal_path, output_exists, output_format, read_metas
 from ..ir import IRError, load_ir
 from ..names import (
     ADAPTIVE_CONCURRENCY,
@@ -32,11 +34,13 @@ from ..names import (
     OFFLOAD_THRESHOLD,
     RETRIES,
     ROW_ATTEMPTS,
+    TRIALS,
 )
 from ..semantics.engine import Engine
 from .cluster import Topology, connect, this_node_id
 from .driver import Driver, DriverConfig
-from .progress import RunProgress, count_rows, percentile, print_summary
+from .progress import RunProgress, percentile, print_summary
+from .shards import run_shards
 
 
 class RunError(Exception):
@@ -48,8 +52,8 @@ class RunStopped(RunError):
     the rows written are in the output and the summary, and ``--resume`` finishes the run."""
 
     def __init__(self, reason: str, summary: dict):
-        super().__init__(f"stopped after {summary['rows']} rows: {reason}; free the space and re-run "
-                         "with --resume to finish")
+        fix = "free the space and re-run" if "cannot write" in reason else "re-run"
+        super().__init__(f"stopped after {summary['rows']} rows: {reason}; {fix} with --resume to finish")
         self.summary = summary
 
 
@@ -83,19 +87,29 @@ class RunOptions:
     idle_scan_s: float = 5.0
     colocate: str = "auto"                # "auto" | "all" | "none": roles sharing agent actors
     adaptive_concurrency: bool = ADAPTIVE_CONCURRENCY  # AIMD limit of calls in flight per openai endpoint
+    drivers: int = 1                      # driver shards admitting and tracking rows (control/shards.py)
+    trials: int | None = None             # runs of each row (None: the program's limits.trials)
+    until_ok: int | None = None           # stop at this many ok rows (None: the program's limits.until_ok)
 
 
 def run(ir: dict | str | Path, opts: RunOptions) -> dict:
     """Run the workflow over ``opts.input`` into ``opts.output``; returns the summary dict."""
     t_start = time.time()
     engine = preflight(ir, opts)
+    source = _open_source(opts)
     out_path = str(Path(opts.output).resolve())
+    journal = journal_path(out_path)
     _prepare_output(out_path, opts)
     _prepare_summary(opts)
     openai = _openai_models(engine)
     for spec in openai.values():
         spec.adaptive, spec.max_limit = opts.adaptive_concurrency, max(1, opts.max_in_flight)
-    total = count_rows(opts.input, opts.limit)
+    trials, until_ok = run_targets(engine, opts)
+    try:
+        total = source.count(opts.limit)
+    except InputError as e:
+        raise RunError(str(e)) from None
+    total = None if total is None else total * trials
     try:
         started = connect(opts.address)
     except ConnectionError as e:
@@ -103,29 +117,46 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
                        "to run on a local Ray") from e
     cluster = {"address": ray.get_runtime_context().gcs_address, "started": started}
     actors: dict[str, Any] = {}
+    shard_handles: list = []
     try:
         topo = _topology(engine, opts)
         actors = _launch(engine, topo, opts, out_path, openai, _vllm_models(engine))
-        done, cut = _get_restarting(actors["sink"].done_ids.remote, "the sink")
+        done, cut, ok_done = _get_restarting(actors["sink"].done_ids.remote, "the sink")
         done_ids = set(done)
         cfg = DriverConfig(max_in_flight=opts.max_in_flight, schedule=opts.schedule, limit=opts.limit,
                            coalesce=opts.coalesce, window_s=opts.window_s,
                            row_attempts=int(engine.limits.get("row_attempts", ROW_ATTEMPTS)),
-                           idle_scan_s=opts.idle_scan_s, done_ids=done_ids)
-        driver = Driver(engine, topo, opts.input, cfg)
+                           idle_scan_s=opts.idle_scan_s, done_ids=done_ids, trials=trials,
+                           until_ok=until_ok, ok_done=ok_done)
         with RunProgress(total, opts.progress) as prog:
-            driver.on_progress = prog.update
-            res = asyncio.run(driver.run())
+            if opts.drivers > 1:
+                here = NodeAffinitySchedulingStrategy(node_id=this_node_id(), soft=False)
+                res = run_shards(engine, topo, source, cfg, opts.drivers, here, prog.update, shard_handles)
+            else:
+                driver = Driver(engine, topo, source, cfg, on_progress=prog.update)
+                res = asyncio.run(driver.run())
         sink_stats = _get_restarting(actors["sink"].close.remote, "the sink")
         stats = _collect_stats(actors)
     finally:
-        for h in actors.values():
+        for h in [*shard_handles, *actors.values()]:
             ray.kill(h)
         if started:
             ray.shutdown()
     summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
     summary["cluster"] = cluster
     summary["stopped"] = res.stopped or sink_stats.get("failure")
+    summary.update(drivers=opts.drivers, trials=trials, until_ok=until_ok, ok_rows=ok_done + res.by_status.get("ok", 0),
+                   ended=_ended(res, summary["stopped"], until_ok), input=source.spec, input_format=source.kind,
+                   output_format=output_format(out_path))
+    if journal != out_path:
+        summary["journal"] = journal
+        if summary["stopped"]:
+            summary["output"] = journal        # the rows of this run are there until --resume finishes
+        else:
+            try:
+                summary["output_rows"] = finalize(out_path)
+            except OutputError as e:
+                summary["stopped"], summary["output"] = str(e), journal
     if opts.summary:
         try:
             Path(opts.summary).write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -211,6 +242,13 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
         raise RunError(f"--colocate must be auto, all or none, got {opts.colocate!r}")
     if opts.max_in_flight < 1:
         raise RunError("--max-in-flight must be at least 1")
+    if opts.drivers < 1:
+        raise RunError("--drivers must be at least 1")
+    if opts.drivers > 1 and opts.input == "-":
+        raise RunError("--drivers reads the input in each driver: standard input (-) can be read only once")
+    if opts.drivers > opts.max_in_flight:
+        raise RunError(f"--drivers {opts.drivers} is more than --max-in-flight {opts.max_in_flight}: "
+                       "each driver needs a row in flight")
     if opts.limit is not None and opts.limit < 0:
         raise RunError("--limit must be >= 0")
     for name, n in opts.replicas.items():
@@ -218,8 +256,10 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
             raise RunError(f"--replicas {name}={n}: no agent {name!r} (agents: {', '.join(engine.agents)})")
         if n < 1:
             raise RunError(f"--replicas {name}={n}: must be at least 1")
-    if opts.input != "-" and not Path(opts.input).is_file():
-        raise RunError(f"input {opts.input!r}: no such file")
+    if opts.trials is not None and opts.trials < 1:
+        raise RunError("--trials must be at least 1")
+    if opts.until_ok is not None and opts.until_ok < 1:
+        raise RunError("--until-ok must be at least 1")
     if any(a.kind == "tool" for a in engine.agents.values()):
         try:
             from ..actors import tool_service  # noqa: F401
@@ -227,10 +267,39 @@ def _check_options(engine: Engine, opts: RunOptions) -> None:
             raise RunError(f"this workflow has tool agents but the tool service is unavailable: {e}") from e
 
 
+def _open_source(opts: RunOptions) -> Source:
+    try:
+        return open_input(opts.input)
+    except InputError as e:
+        raise RunError(str(e)) from None
+
+
+def run_targets(engine: Engine, opts: RunOptions) -> tuple[int, int | None]:
+    """``(trials, until_ok)``: the options when given, else the program's ``limits``."""
+    trials = opts.trials if opts.trials is not None else int(engine.limits.get("trials") or TRIALS)
+    until_ok = opts.until_ok if opts.until_ok is not None else engine.limits.get("until_ok")
+    if trials < 1 or (until_ok is not None and int(until_ok) < 1):
+        raise RunError(f"unusable workflow: limits.trials = {trials}, limits.until_ok = {until_ok}")
+    return trials, None if until_ok is None else int(until_ok)
+
+
+def _ended(res: Any, stopped: str | None, until_ok: int | None) -> str:
+    """Why admission ended, in words (the summary's ``ended``)."""
+    if stopped:
+        return f"stopped: {stopped}"
+    if res.ended == "until_ok":
+        return f"until_ok: {until_ok} rows with status ok are in the output; the rows in flight finished"
+    return "input: every input row was admitted"
+
+
 def _prepare_output(path: str, opts: RunOptions) -> None:
     p = Path(path)
     if p.is_dir():
         raise RunError(f"output {path!r} is a directory")
+    fmt = output_format(path)
+    if fmt != "jsonl":
+        _prepare_final(path, opts)
+        p = Path(journal_path(path))
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -239,7 +308,7 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
         raise RunError(f"output {path!r} is the input file: write the output to another file")
     if p.exists() and not p.is_file():
         raise RunError(f"output {path!r} is not a regular file")
-    if p.exists() and p.stat().st_size > 0 and not (opts.resume or opts.overwrite):
+    if output_exists(path) and not (opts.resume or opts.overwrite):
         raise RunError(f"output {path!r} exists: pass --resume to skip the rows already in it, "
                        f"or --overwrite to replace it")
     try:
@@ -253,6 +322,24 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
             raise RunError(f"output {path!r} is being written by another run") from None
         except OSError as e:
             raise RunError(f"output {path!r} cannot be rewritten for --retry-errors: {e.strerror or e}") from e
+
+
+def _prepare_final(path: str, opts: RunOptions) -> None:
+    """Checks of a Parquet or compressed output (written from its journal at the end: outputs.py)."""
+    p = Path(path)
+    if opts.retry_errors:
+        raise RunError(f"--retry-errors needs a JSON Lines output (.jsonl); {path!r} is {output_format(path)}")
+    if p.exists() and not p.is_file():
+        raise RunError(f"output {path!r} is not a regular file")
+    if opts.input != "-" and p.exists() and _same_file(opts.input, path):
+        raise RunError(f"output {path!r} is the input file: write the output to another file")
+    if p.exists() and opts.resume:
+        try:
+            next(iter(read_metas(path)), None)
+        except OutputError as e:
+            raise RunError(f"{e}; --resume cannot read the rows already written") from None
+    if opts.overwrite:
+        p.unlink(missing_ok=True)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -301,7 +388,10 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
     actors: dict[str, Any] = {}
     mode = "append" if opts.resume else "new"
     here = NodeAffinitySchedulingStrategy(node_id=this_node_id(), soft=False)
-    actors["sink"] = Sink.options(name=topo.sink, scheduling_strategy=here).remote(out_path, mode, topo)
+    journal = journal_path(out_path)
+    prior = out_path if journal != out_path else None
+    actors["sink"] = Sink.options(name=topo.sink, scheduling_strategy=here).remote(journal, mode, topo,
+                                                                                    prior=prior)
     hosted: dict[int, dict[str, tuple[dict, int]]] = {}
     for model, ids in topo.sims.items():
         sim = engine.ir["models"][model]["sim"]
@@ -341,6 +431,8 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
             ray.kill(h)
         if "OutputLocked" in str(e):
             raise RunError(f"output {out_path!r} is being written by another run") from None
+        if "OutputError" in str(e):
+            raise RunError(f"output {out_path!r} cannot be read to resume: {e}") from None
         raise
     return actors
 

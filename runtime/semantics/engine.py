@@ -30,7 +30,7 @@ from ..ir import load_ir
 from ..names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .expr import Compiled, ExprError, compile_expr, reads
 from .extract import Extractor, RegexTimeout
-from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message
+from .message import ERROR, FAILED, ID_DUPLICATE, ID_FIELD, ID_POSITION, OK, RUNNING, Message, trial_id
 from .rows import BadRow, RowValidator
 from .templates import LazyRandom, MissingText, RenderError, Template, compile_template
 
@@ -307,12 +307,14 @@ class Engine:
                 level = max(level, _read_level(name, attr, None, self.agents, before_step=True))
         return NEEDS[level]
 
-    def new_message(self, raw: str | bytes | dict, position: int, now: float) -> Message:
-        """Admit one input row: parse, validate, then take the `start` transitions.
+    def new_message(self, raw: str | bytes | dict, position: int, now: float,
+                    trial: int | None = None) -> Message:
+        """Admit one input row (one trial of it when ``trial`` is set: id ``ID#k``): parse, validate,
+        then take the `start` transitions.
 
         A bad row is finished at once (failed, bad_input); its `row` keeps the valid fields and has the
         invalid ones set to null, and its id is the position when the id field itself is invalid."""
-        msg = Message(id=position, row={}, state="start", position=position,
+        msg = Message(id=position, row={}, state="start", position=position, trial=trial,
                       timing={"admitted": now, "finished": None})
         try:
             msg.row = self._rows.parse(raw)
@@ -327,9 +329,20 @@ class Engine:
         self._advance(msg, "start", self.start, (), now)
         return msg
 
+    def own_id(self, raw: str | bytes | dict) -> str | int | None:
+        """The id a row admitted by :meth:`new_message` takes from its id field (None: known by its
+        position), without admitting it."""
+        try:
+            row = self._rows.parse(raw)
+            self._rows.validate(row)
+        except BadRow as e:
+            row = e.row
+        return self._rows.own_id(row)
+
     def _set_id(self, msg: Message, position: int) -> None:
         own = self._rows.own_id(msg.row)
         msg.id, msg.id_from = (position, ID_POSITION) if own is None else (own, ID_FIELD)
+        msg.id = trial_id(msg.id, msg.trial)
 
     def duplicate(self, msg: Message, first: int, now: float) -> None:
         """Finish a new message whose own id repeats the row's at input position ``first``: failed,
@@ -421,6 +434,8 @@ class Engine:
                        "elapsed_s": None if admitted is None or finished is None else finished - admitted},
             "workflow": {"name": self.workflow_name, "hash": self.workflow_hash},
         }
+        if msg.trial is not None:
+            out["_meta"]["trial"] = msg.trial
         return out
 
     # ---- internals -----------------------------------------------------------------------------

@@ -19,9 +19,15 @@ def id_key(row_id: Any) -> Hashable:
     return json.dumps(row_id, sort_keys=True)
 
 
-def position_key(position: int) -> Hashable:
-    """Dedup key of a row known by its input position: a namespace of its own, apart from every id."""
-    return ("#", position)
+def position_key(position: int, trial: int | None = None) -> Hashable:
+    """Dedup key of a row known by its input position (and trial): a namespace of its own, apart from
+    every id."""
+    return ("#", position) if trial is None else ("#", position, trial)
+
+
+def trial_id(row_id: str | int, trial: int | None) -> str | int:
+    """The id of one trial of a row: ``ID#k`` (the row's id itself when it runs once)."""
+    return row_id if trial is None else f"{row_id}#{trial}"
 
 
 @dataclass(slots=True)
@@ -35,7 +41,8 @@ class Message:
     `id_from` says where `id` comes from: "field" (the row's own id), "position" (the row has no usable
     id: `id` is its position) or "duplicate" (its own id repeats an earlier row's: written as failed,
     reason duplicate_id). `key`, the row's dedup key, is its id for "field" and its position, in a
-    namespace of its own, otherwise: a positional id never collides with a row's own id.
+    namespace of its own, otherwise: a positional id never collides with a row's own id. `trial` is
+    k of a row run several times (`--trials`): its id is then `ID#k`, and its positional key has k.
     """
 
     id: str | int
@@ -53,11 +60,13 @@ class Message:
     attempt: int = 0
     position: int = 0
     id_from: str = ID_FIELD
+    trial: int | None = None
+    driver: int = 0          # the driver shard that admitted the row (`mxc run --drivers`)
 
     @property
     def key(self) -> Hashable:
         """The row's dedup key (the sink writes each key once; the driver tracks rows by it)."""
-        return id_key(self.id) if self.id_from == ID_FIELD else position_key(self.position)
+        return id_key(self.id) if self.id_from == ID_FIELD else position_key(self.position, self.trial)
 
     @property
     def finished(self) -> bool:
@@ -73,7 +82,7 @@ class Message:
             "history": [dict(e) for e in self.history],
             "usage": {k: dict(v) for k, v in self.usage.items()},
             "timing": dict(self.timing), "attempt": self.attempt, "position": self.position,
-            "id_from": self.id_from,
+            "id_from": self.id_from, "trial": self.trial, "driver": self.driver,
         }
 
     @classmethod
@@ -87,4 +96,5 @@ class Message:
             usage={k: dict(v) for k, v in d.get("usage", {}).items()},
             timing=dict(d.get("timing", {"admitted": None, "finished": None})),
             attempt=d.get("attempt", 0), position=d.get("position", 0), id_from=d.get("id_from", ID_FIELD),
+            trial=d.get("trial"), driver=d.get("driver", 0),
         )

@@ -6,6 +6,9 @@ Supported schema forms: `{"type": string|integer|number|boolean}`, `{}` (json), 
 
 from __future__ import annotations
 
+import base64
+import datetime
+import decimal
 import json
 import math
 import re
@@ -82,6 +85,52 @@ def _drop_lone_surrogates(row: dict) -> None:
                 row[name] = None
     if first:
         raise BadRow(first, row)
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _plain(v: Any, where: str) -> Any:
+    """A value of a columnar row (Parquet, Arrow) as JSON data: dates and times as ISO 8601 text,
+    decimals as numbers, binary as base64 text, map entries as ``[key, value]`` pairs; BadRow for a
+    number JSON cannot hold (NaN, ±Infinity)."""
+    if isinstance(v, _SCALARS):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise BadRow(f"field {where}: {v} is not a JSON number")
+        return v
+    if isinstance(v, dict):
+        return {str(k): _plain(x, f"{where}.{k}") for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return v.total_seconds()
+    if isinstance(v, decimal.Decimal):
+        return _plain(int(v) if v == v.to_integral_value() else float(v), where)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    raise BadRow(f"field {where}: a {type(v).__name__} is not a JSON value")
+
+
+def plain_row(row: dict) -> dict:
+    """A copy of a columnar row with every value made JSON data (:func:`_plain`). On failure every such
+    field is set to None and BadRow names the first."""
+    out: dict = {}
+    error: BadRow | None = None
+    for k, v in row.items():
+        name = str(k)
+        try:
+            out[name] = v if isinstance(v, _SCALARS) else _plain(v, f"'{name}'")
+        except BadRow as e:
+            out[name] = None
+            error = error or e
+    if error is not None:
+        error.row = out
+        raise error
+    return out
 
 
 # A checker returns the (possibly normalised) value, or raises BadRow with a message relative to `where`.
@@ -166,8 +215,9 @@ class RowValidator:
         self.id_field: str | None = input_schema.get("x-id-field")
 
     def parse(self, raw: str | bytes | dict) -> dict:
-        """The row object from JSON text (UTF-8 when bytes) or a dict (shallow-copied); BadRow if it is not
-        a JSON object of valid Unicode text and finite numbers."""
+        """The row object from JSON text (UTF-8 when bytes) or a dict (a Parquet or dataset row: copied,
+        its values made JSON data by :func:`plain_row`); BadRow if it is not a JSON object of valid
+        Unicode text and finite numbers."""
         if isinstance(raw, (bytes, bytearray)):
             try:
                 raw = bytes(raw).decode("utf-8")
@@ -187,9 +237,12 @@ class RowValidator:
                 _drop_lone_surrogates(raw)
             if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(raw):
                 raise BadRow(f"row is nested deeper than {MAX_DEPTH} levels")
+            if not isinstance(raw, dict):
+                raise BadRow(f"row must be a JSON object, got {type_name(raw)}")
+            return raw
         if not isinstance(raw, dict):
             raise BadRow(f"row must be a JSON object, got {type_name(raw)}")
-        return dict(raw)
+        return plain_row(raw)
 
     def validate(self, row: dict) -> dict:
         """Check every declared field (in schema order) in place and set absent optionals to None.

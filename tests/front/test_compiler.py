@@ -29,7 +29,7 @@ def ir_of(text: str) -> dict:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_every_workflow_compiles_to_the_documented_shape(path: Path) -> None:
     ir = compile_file(path)
-    assert set(ir) == TOP and ir["ir_version"] == "1.1"
+    assert set(ir) == TOP and ir["ir_version"] == "1.2"
     assert set(ir["workflow"]) == {"name", "description", "source_hash"}
     for schema in (ir["input_schema"], ir["message_schema"]):
         Draft202012Validator.check_schema(schema)
@@ -107,7 +107,7 @@ output { id = row.id  n = len(row.tags) + 1  x = a.x }
 def test_units_defaults_and_settings() -> None:
     ir = ir_of(BASE)
     assert ir["limits"] == {"max_steps": 12, "row_timeout_s": 600.0, "call_timeout_s": 120.0, "retries": 3,
-                            "row_attempts": 3}
+                            "row_attempts": 3, "trials": 1, "until_ok": None}
     llm, dev = ir["models"]["llm"], ir["models"]["dev"]
     assert llm["url"] == ["http://a:1/v1", "http://b:1/v1"]
     assert llm["api_key"] == {"env": "KEY", "default": None}

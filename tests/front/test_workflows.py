@@ -64,7 +64,7 @@ def test_every_program_passes_check_strict():
 
 def test_every_program_compiles(irs):
     for name, ir in irs.items():
-        assert ir["ir_version"] == "1.1"
+        assert ir["ir_version"] == "1.2"
         assert ir["workflow"]["source_hash"].startswith("sha256:")
         assert set(ir["states"]) == {"start", *ir["agents"]}, name
         assert compile_file(WORKFLOWS / f"{name}.mx") == ir, f"{name}: compiling twice differs"

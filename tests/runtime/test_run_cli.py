@@ -34,6 +34,10 @@ def mxc_run(capsys, *args: str) -> tuple[int, str]:
     (["--replicas", "teacher=0"], "must be at least 1"),
     (["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
     (["--limit", "-1"], "--limit must be >= 0"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--until-ok", "0"], "--until-ok must be at least 1"),
+    (["--drivers", "0"], "--drivers must be at least 1"),
+    (["--drivers", "3", "--max-in-flight", "2"], "more than --max-in-flight"),
 ])
 def test_bad_options_exit_2(capsys, files, extra, message):
     code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim",
@@ -46,6 +50,12 @@ def test_missing_input_and_existing_output_exit_2(capsys, files):
     code, err = mxc_run(capsys, files["ir"], "--input", files["dir"] / "nope.jsonl", "--output", files["out"],
                         "--backend", "sim")
     assert code == 2 and "no such file" in err
+    (files["dir"] / "empty").mkdir()
+    code, err = mxc_run(capsys, files["ir"], "--input", files["dir"] / "empty", "--output", files["out"])
+    assert code == 2 and "no *.parquet shards" in err
+    (files["dir"] / "bad.parquet").write_text("not parquet")
+    code, err = mxc_run(capsys, files["ir"], "--input", files["dir"] / "bad.parquet", "--output", files["out"])
+    assert code == 2 and "cannot be opened" in err and "Traceback" not in err
     files["out"].write_text('{"kept": true}\n')
     code, err = mxc_run(capsys, files["ir"], "--input", files["in"], "--output", files["out"], "--backend", "sim")
     assert code == 2 and "--resume" in err and "--overwrite" in err
@@ -102,7 +112,8 @@ def test_every_flag_reaches_the_run_options(files, monkeypatch):
                  "--max-in-flight", "7", "--schedule", "batch", "--orchestrator", "central", "--seed", "42",
                  "--overwrite", "--summary", str(files["dir"] / "s.json"), "--limit", "3",
                  "--offload-threshold", "1024", "--address", "127.0.0.1:6390", "--replicas", "teacher=3",
-                 "--replicas", "student=2", "--progress", "plain", "--adaptive-concurrency", "off"])
+                 "--replicas", "student=2", "--progress", "plain", "--adaptive-concurrency", "off",
+                 "--trials", "3", "--until-ok", "9", "--drivers", "2"])
     assert code == 0
     o = seen["opts"]
     assert (o.input, o.output, o.backend) == (str(files["in"]), str(files["out"]), "sim")
@@ -110,9 +121,19 @@ def test_every_flag_reaches_the_run_options(files, monkeypatch):
     assert (o.overwrite, o.resume, o.summary, o.limit) == (True, False, str(files["dir"] / "s.json"), 3)
     assert (o.offload_threshold, o.address, o.progress, o.coalesce) == (1024, "127.0.0.1:6390", "plain", True)
     assert o.replicas == {"teacher": 3, "student": 2} and o.adaptive_concurrency is False
+    assert (o.trials, o.until_ok, o.drivers) == (3, 9, 2)
     assert seen["ir"]["workflow"]["name"] == "coral"
     main(["run", str(files["ir"]), "-i", str(files["in"]), "-o", str(files["out"]), "--resume"])
     o = seen["opts"]
     assert (o.resume, o.overwrite, o.backend, o.schedule, o.orchestrator, o.max_in_flight) == (
         True, False, None, "row", "p2p", 256)
     assert o.adaptive_concurrency is True                    # on unless turned off
+    assert (o.trials, o.until_ok) == (None, None)            # the program's limits decide
+
+
+def test_help_names_the_formats_and_the_new_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for word in ("--trials", "--until-ok", "--drivers", ".parquet", "hf:PATH[:SPLIT]", ".jsonl.zst", "journal"):
+        assert word in out, word

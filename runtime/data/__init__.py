@@ -1,0 +1,1 @@
+"""Row sources and output formats: JSONL (.gz/.zst), Parquet shards, saved HF datasets; the journal and its merge."""
