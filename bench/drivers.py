@@ -132,6 +132,7 @@ def one_run(ir: dict, inp: Path, tmp: Path, drivers: int, rows: int, args: argpa
     nodes = s.get("nodes", {})
     out.unlink(missing_ok=True)
     return {"drivers": drivers, "rows": s["rows"], "lost": s["lost"], "whole_run_rows_per_s": s["rows_per_s"],
+            "agents_transport": s["transport"],
             "agent_nodes": len({v for k, v in nodes.items() if ":agent:" in k}), **w}
 
 
@@ -204,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
               for r1 in runs if r1["drivers"] == counts[0] and r1["repeat"] == rep and r1.get("rows_per_s")
               for r4 in runs if r4["drivers"] == counts[-1] and r4["repeat"] == rep and r4.get("rows_per_s")]
     a, b = fit([(n, v["driver_cpu_ms_per_row"]) for n, v in per.items() if v["driver_cpu_ms_per_row"]])
+    cost = {n: v["driver_cpu_ms_per_row"] for n, v in per.items() if v["driver_cpu_ms_per_row"]}
     model = {"driver_row_ms": a, "driver_row_ms_per_shard": b,
-             "ceiling_rows_per_s": {str(n): 1e3 * n / (a + b * n) for n in (1, 2, 4, 8, 16)},
+             "ceiling_rows_per_s": {str(n): 1e3 * n / (cost[n] if n in cost else a + b * n) for n in (1, 2, 4, 8, 16)},
              "ceiling_limit_rows_per_s": 1e3 / b if b > 0 else None,
-             "form": "driver CPU per row = a + b·N over the N shards; ceiling N / (a + b·N) rows/s"}
+             "form": "driver CPU per row = a + b·N over the N shards (= each shard's CPU per row it admits); "
+                     "ceiling N / cost(N) rows/s with a core per shard (measured cost where measured, else the line)"}
     result = {"bench": "drivers", "machine": info, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
               "loadavg_end": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.time() - t_start, 1),
               "command": "python -m bench.drivers " + " ".join(argv if argv is not None else sys.argv[1:]),
