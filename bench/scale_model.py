@@ -5,7 +5,11 @@ It predicts throughput against the number of nodes (8 GPUs each, 400 rows in fli
 
 * **measured CPU costs** (item 3 and in-process timing): per step at the agent (transport + the
   workload's step logic), per routed message at the central coordinator, per row at the driver and
-  at the sink; the coordinator is one process (one core), as are the driver and the sink;
+  at the sink; the coordinator is one process (one core), as are the sink and each driver;
+* **several drivers** (``Scenario.drivers``, ``mxc run --drivers N``): each admits its share of the
+  rows on a core of its own, and a shard pays more per row it admits than one driver does (smaller
+  batches per Ray call, a poll of its own): ``Costs.driver_growth`` holds that factor per N, measured
+  by bench/drivers.py (bench/results/drivers.json); :func:`driver_ceiling` is the rows/s cap;
 * **the workloads' own traces**: each row's sequence of calls (model, completion tokens), produced
   by the runtime's Engine with the simulated replies, so step counts and branching are the real ones;
 * **the simulator's latency model** (runtime.simmodel.SimCapacity: ttft + tokens * per_token *
@@ -28,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from matrixlang.runtime.backends.simmodel import SimCapacity, sim_reply
 from matrixlang.runtime.semantics.engine import Engine, Reply
@@ -51,6 +56,46 @@ class Costs:
     engine_step_s: dict[str, float] = field(default_factory=dict)
     agent_transport_1msg_s: float | None = None
     coord_hop_1msg_s: float | None = None
+    driver_growth: dict[int, float] = field(default_factory=dict)   # N -> a shard's CPU per row it admits / one driver's
+
+
+DRIVERS_RESULT = Path(__file__).resolve().parent / "results" / "drivers.json"
+
+
+def driver_growth(path: Path = DRIVERS_RESULT, counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> dict[int, float]:
+    """Per driver count N: the driver side's CPU per row with N shards over that of one driver (which
+    is also each shard's CPU per row it admits over one driver's), from bench/drivers.py: measured
+    where measured, else the least-squares line ``a + b·N`` through the measurements. Empty when the
+    file is missing (then every shard is assumed to cost what one driver does)."""
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    per = {int(n): v["driver_cpu_ms_per_row"] for n, v in res["per_drivers"].items() if v.get("driver_cpu_ms_per_row")}
+    if 1 not in per:
+        return {}
+    a, b = res["model"]["driver_row_ms"], res["model"]["driver_row_ms_per_shard"]
+    return {n: (per[n] if n in per else a + b * n) / per[1] for n in counts}
+
+
+def driver_row_cost(costs: Costs, n: int) -> float:
+    """CPU seconds a driver shard spends per row it admits, with ``n`` shards."""
+    if n == 1 or not costs.driver_growth:
+        return costs.driver_row_s
+    g = costs.driver_growth
+    if n in g:
+        return costs.driver_row_s * g[n]
+    lo, hi = max(k for k in g if k <= n), min((k for k in g if k >= n), default=max(g))
+    if hi == lo:           # past the last: the slope of the last two
+        k = sorted(g)
+        slope = (g[k[-1]] - g[k[-2]]) / (k[-1] - k[-2]) if len(k) > 1 else 0.0
+        return costs.driver_row_s * (g[lo] + slope * (n - lo))
+    return costs.driver_row_s * (g[lo] + (g[hi] - g[lo]) * (n - lo) / (hi - lo))
+
+
+def driver_ceiling(costs: Costs, n: int) -> float:
+    """Rows/s that ``n`` driver shards admit at most, each on a core of its own."""
+    return n / driver_row_cost(costs, n)
 
 
 @dataclass(slots=True)
@@ -66,6 +111,7 @@ class Scenario:
     agent_cores_per_node: int = 8
     net_s: float = 0.0005
     per_message: bool = False          # the *_1msg_s costs (no coalescing) instead of the batched ones
+    drivers: int = 1                   # driver shards (mxc run --drivers), one core each
     warm_s: float = 40.0
     measure_s: float = 60.0
     seed: int = 0
@@ -191,7 +237,9 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
         else:   # a tool service: no GPU, effectively unbounded
             pools[m] = SimCapacity(1, 10**9, sim["ttft_s"], sim["per_token_s"])
     agents = [_Cores(loop, sc.agent_cores_per_node) for _ in range(sc.nodes)]
-    coord, driver, sink = _Cores(loop, 1), _Cores(loop, 1), _Cores(loop, 1)
+    coord, sink = _Cores(loop, 1), _Cores(loop, 1)
+    drivers = [_Cores(loop, 1) for _ in range(sc.drivers)]
+    driver_s = driver_row_cost(costs, sc.drivers)
     eng = costs.engine_step_s[name]
     central = sc.mode in ("central", "central_full")
     transport = costs.agent_transport_1msg_s if sc.per_message else costs.agent_transport_s
@@ -252,7 +300,8 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
     def done() -> None:
         if t_lo <= loop.t < t_hi:
             count["rows"] += 1
-        driver.submit(costs.driver_row_s, admit)
+        shard = drivers[rng.randrange(sc.drivers)] if sc.drivers > 1 else drivers[0]
+        shard.submit(driver_s, admit)
 
     def admit() -> None:
         row = _Row(traces[rng.randrange(len(traces))])
@@ -266,7 +315,7 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
         loop.at(rng.uniform(0.0, 2.0), step, _Row(traces[rng.randrange(len(traces))]))
 
     def mark() -> None:
-        snap.update(coord=coord.busy_s, driver=driver.busy_s, sink=sink.busy_s,
+        snap.update(coord=coord.busy_s, driver=sum(d.busy_s for d in drivers), sink=sink.busy_s,
                     agents=sum(a.busy_s for a in agents))
 
     loop.at(t_lo, mark)
@@ -275,12 +324,14 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
     loop.run(t_hi)
     span = sc.measure_s
     util = {"coordinator": (coord.busy_s - snap["coord"]) / span if central else 0.0,
-            "driver": (driver.busy_s - snap["driver"]) / span, "sink": (sink.busy_s - snap["sink"]) / span,
+            "driver": (sum(d.busy_s for d in drivers) - snap["driver"]) / (span * sc.drivers),
+            "sink": (sink.busy_s - snap["sink"]) / span,
             "agent_cores": (sum(a.busy_s for a in agents) - snap["agents"]) / (span * sc.nodes * sc.agent_cores_per_node)}
     return {"nodes": sc.nodes, "mode": sc.mode, "rows_in_flight": n_rows, "gpus": gpus,
             "tokens_per_s": count["tokens"] / span, "hops_per_s": count["hops"] / span,
             "rows_per_s": count["rows"] / span, "utilisation": {k: round(min(v, 1.0), 4) for k, v in util.items()},
-            "backlog": {"coordinator": len(coord.queue), "driver": len(driver.queue), "sink": len(sink.queue)},
+            "backlog": {"coordinator": len(coord.queue), "driver": sum(len(d.queue) for d in drivers),
+                        "sink": len(sink.queue)},
             "sim_wall_s": round(time.perf_counter() - wall0, 2)}
 
 
@@ -304,7 +355,8 @@ def calibrate(overhead: dict, engine_costs: dict[str, float]) -> Costs:
                  sink_row_s=overhead["summary"]["sink_ms_per_row"]["median"] / 1e3,
                  engine_step_s=dict(engine_costs),
                  agent_transport_1msg_s=transport("workflow_no_coalescing"),
-                 coord_hop_1msg_s=s["workflow_central_no_coalescing"]["coordinator"]["median"] / 1e3)
+                 coord_hop_1msg_s=s["workflow_central_no_coalescing"]["coordinator"]["median"] / 1e3,
+                 driver_growth=driver_growth())
 
 
 # curve name -> (mode, per_message costs)
@@ -350,6 +402,7 @@ def _findings(modes: dict[str, list[dict]], costs: Costs, engine_s: float) -> di
         "central_per_message_hops_per_s_cap": 1.0 / costs.coord_hop_1msg_s,
         "central_full_hops_per_s_cap": 1.0 / (costs.coord_hop_s + engine_s),
         "driver_rows_per_s_cap": 1.0 / costs.driver_row_s,
+        "driver_rows_per_s_cap_by_drivers": {str(n): driver_ceiling(costs, n) for n in (1, 2, 4, 8, 16)},
         f"p2p/central tokens_per_s at {top} nodes": vs("p2p", "central"),
         f"p2p/central_full tokens_per_s at {top} nodes": vs("p2p", "central_full"),
         f"p2p/central tokens_per_s at {top} nodes, per-message costs": vs("p2p_per_message", "central_per_message"),
@@ -394,6 +447,7 @@ def run_scale_model(cfg, overhead: dict, log: Callable[[str], None], measured: d
                          "agent_transport_per_message": costs.agent_transport_1msg_s * 1e3,
                          "coordinator_per_message": costs.coord_hop_1msg_s * 1e3,
                          "driver_per_row": costs.driver_row_s * 1e3, "sink_per_row": costs.sink_row_s * 1e3,
+                         "driver_growth_by_drivers": {str(n): g for n, g in costs.driver_growth.items()},
                          "engine_per_step": {k: v * 1e3 for k, v in eng.items()}},
             "assumptions": {k: v for k, v in asdict(Scenario(nodes=31)).items() if k not in ("nodes", "mode", "seed")}
             | {"warm_s": cfg.scale_warm_s, "measure_s": cfg.scale_measure_s},

@@ -150,3 +150,33 @@ def test_suite_configs_are_consistent():
         assert list(cfg.mem_levels) == sorted(cfg.mem_levels)
     assert SUITES["full"].repeats >= 3
     assert dataclasses.replace(SUITES["quick"], repeats=2).repeats == 2
+
+
+def test_scale_model_several_drivers():
+    """Driver shards: each on a core of its own, each paying the measured growth per row it admits."""
+    from bench.scale_model import driver_ceiling, driver_growth, driver_row_cost
+
+    traces, eng = workload_traces("coral", 200)
+    costs = Costs(agent_transport_s=0.0001, coord_hop_s=0.001, driver_row_s=0.05, sink_row_s=0.0001,
+                  engine_step_s={"coral": eng}, driver_growth={1: 1.0, 2: 1.5, 4: 3.0})
+    assert driver_ceiling(costs, 1) == pytest.approx(20.0) and driver_ceiling(costs, 2) == pytest.approx(80 / 3)
+    assert driver_row_cost(costs, 3) == pytest.approx(0.05 * 2.25)          # between the measured counts
+    common = {"warm_s": 40.0, "measure_s": 20.0, "rows_per_node": 1000}   # past the initial fill, driver-bound
+    one, two = (simulate("coral", traces, costs, Scenario(nodes=1, drivers=n, **common)) for n in (1, 2))
+    assert one["rows_per_s"] <= 20.0 * 1.15 and one["utilisation"]["driver"] >= 0.95   # the driver's cap
+    assert two["rows_per_s"] > 1.2 * one["rows_per_s"] and two["utilisation"]["driver"] >= 0.95
+    g = driver_growth()                      # bench/results/drivers.json, as committed
+    assert g[1] == 1.0 and all(v > 0 for v in g.values())
+
+
+def test_drivers_bench_window_and_fit(tmp_path):
+    from bench.drivers import Sampler, fit
+
+    s = Sampler("x", tmp_path / "out.jsonl", 2)
+    for i in range(11):          # 100 rows/s; main 0.1 ms/row, two shards 0.2 ms/row together
+        s.samples.append({"t": i * 1.0, "rows": 100 * i, "cpu": {"main": 0.01 * i, "driver": 0.02 * i, "sink": 0.0},
+                          "machine": (i, 2 * i)})
+    w = s.window(1000)
+    assert w["rows_per_s"] == pytest.approx(100) and w["machine_busy"] == pytest.approx(0.5)
+    assert w["driver_cpu_ms_per_row"] == pytest.approx({"main": 0.1, "shards": 0.2, "total": 0.3})
+    assert fit([(1, 3.0), (2, 5.0), (4, 9.0)]) == pytest.approx((1.0, 2.0))

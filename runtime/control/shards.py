@@ -20,7 +20,7 @@ import ray
 
 from ..data.inputs import Source
 from ..semantics.engine import Engine
-from .cluster import Topology, tune_gc
+from .cluster import Topology, actor_info, tune_gc
 from .driver import Driver, DriverConfig, DriverResult
 
 SUMS = ("rows", "prompt_tokens", "completion_tokens", "steps", "peak_in_flight", "skipped_done",
@@ -47,8 +47,9 @@ class DriverShard:
         """Admit no more rows (the run's ``until_ok`` target is met over every shard)."""
         self.driver.halted = True
 
-    async def ping(self) -> bool:
-        return True
+    async def ping(self) -> tuple[str, int, str]:
+        """Liveness probe: (incarnation, pid, node id), as every actor of a run answers."""
+        return actor_info()
 
 
 def shares(total: int, n: int) -> list[int]:
