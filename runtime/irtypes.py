@@ -172,7 +172,7 @@ class ModelSpec:
             pipeline_parallel=_int(raw, "pipeline_parallel", where, d["pipeline_parallel"]),
             autoscale=None if auto is None else Autoscale.from_ir(_object(raw, "autoscale", where),
                                                                   f"{where}.autoscale"),
-            engine_args={} if raw.get("engine_args") is None else _object(raw, "engine_args", where),
+            engine_args={} if raw.get("engine_args") is None else dict(_object(raw, "engine_args", where)),
             timeout_s=_number(raw, "timeout_s", where, None), retries=_int(raw, "retries", where, None, least=0),
         )
 

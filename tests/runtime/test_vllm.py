@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib.util import find_spec
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import pytest
@@ -31,9 +31,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from bench.programs import tiny_duo  # noqa: E402  (the workflow scripts/bench_vllm.py measures)
 
 MAX_MODEL_LEN = 256
 ROWS = 12
@@ -41,6 +38,15 @@ LONG_ID = "too-long"
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 MAX_TOKENS = {"writer": 24, "critic": 16}
+
+
+def tiny_duo(name: str, backend: str) -> str:
+    """bench/workloads/tiny_duo.mx with ``backend`` (the workflow scripts/bench_vllm.py measures), from
+    bench/programs.py loaded by path: tests/test_bench_gpu.py puts another ``bench`` module on sys.path."""
+    spec = spec_from_file_location("bench_programs", ROOT / "bench" / "programs.py")
+    programs = module_from_spec(spec)
+    spec.loader.exec_module(programs)
+    return programs.tiny_duo(name, backend)
 
 
 def mxc(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
