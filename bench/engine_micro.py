@@ -2,7 +2,7 @@
 
     python bench/engine_micro.py [--steps N] [--backend sim|none]
 
-Rows run the spec's coral workflow with scripted disagreeing replies until `turns >= 20` ends them
+Rows run the spec's coral workflow (workflows/coral.mx) with scripted disagreeing replies until `turns >= 20` ends them
 (so the conversation grows from 0 to 19 earlier steps, like a real long row), then a new row starts.
 Prints the figure; asserts nothing.
 """
@@ -14,17 +14,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:      # `python bench/engine_micro.py` from the checkout
+    sys.path.insert(0, str(HERE.parent))
 
 from matrixlang.runtime.semantics.engine import Engine, Reply  # noqa: E402
-from support import ir_fixtures  # noqa: E402
+
+from bench.programs import coral  # noqa: E402
 
 ROW = {"id": "q", "question": "Which planet is known as the red planet? " * 4,
        "choices": ["Venus", "Mars", "Jupiter", "Saturn"], "answer": "B"}
 
 
 def run(steps: int, backend: str | None) -> tuple[float, float, int, int]:
-    eng = Engine(ir_fixtures.coral(), seed=1, backend=backend)
+    eng = Engine(coral(), seed=1, backend=backend)
     reply_t = Reply("Let me reason about it step by step. " * 20 + "Answer: A", 300, 120)
     reply_s = Reply("I see it differently, because of the evidence. " * 20 + "Answer: C", 300, 120)
     done = rows = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import random
@@ -28,7 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:      # `python bench/hops.py` from the checkout
+    sys.path.insert(0, str(HERE.parent))
 
 import ray  # noqa: E402
 from matrixlang.runtime.actors.routing import message_bytes  # noqa: E402
@@ -37,58 +38,8 @@ from matrixlang.runtime.control.cluster import connect  # noqa: E402
 from matrixlang.runtime.control.run import RunOptions, run  # noqa: E402
 from matrixlang.runtime.semantics.engine import Engine, Reply  # noqa: E402
 from matrixlang.runtime.transport.outbox import Outbox, unpack  # noqa: E402
-from support import ir_fixtures as F  # noqa: E402
 
-# ---- workflows -----------------------------------------------------------------------------------
-
-
-def pingpong(hops: int) -> dict:
-    """Two agents passing each row back and forth `hops` times; the simulated model answers at once."""
-    sim = F.sim_block([8, 8], ttft_s=0.0, per_token_s=0.0, max_concurrency=100000)
-    agent = {"prompt": "step {{ turns }} of row {{ row.id }}", "history": False,
-             "extracts": [F.regex("n", r"(\d+)")], "sim": "ok {{ turns }}"}
-    return F.finish({
-        "ir_version": "1.0", "workflow": {"name": "pingpong", "description": ""},
-        "input_schema": F.input_schema({"id": F.INT}, ["id"]),
-        "models": {"m": {**F.openai_model("m", None, {}, sim), "backend": "sim"}},
-        "tools": {},
-        "agents": {"ping": F.llm_agent("m", **agent), "pong": F.llm_agent("m", **agent)},
-        "states": {
-            "start": {"agent": None, "transitions": [F.tr("ping")]},
-            "ping": {"agent": "ping", "transitions": [F.tr("pong")]},
-            "pong": {"agent": "pong", "transitions": [
-                F.tr("end", F.bin(">=", F.var("turns"), F.lit(hops)), f"turns >= {hops}"), F.tr("ping")]},
-        },
-        "limits": F.limits(max_steps=hops + 2),
-        "output": {"fields": [{"name": "turns", "expr": F.var("turns")}]},
-    })
-
-
-def varied(max_steps: int = 40) -> dict:
-    """One agent looping until `turns >= row.n`: rows of very different lengths; 10-40 ms calls."""
-    ir = F.loop(max_steps=max_steps, guard=F.bin(">=", F.var("turns"), F.dot("row.n")), guard_text="turns >= row.n",
-                sim_model=True)
-    ir["models"]["m"]["sim"] = F.sim_block([20, 80], ttft_s=0.0, per_token_s=0.0005, max_concurrency=4096)
-    ir["agents"]["a"]["sim"] = "step {{ turns }}"
-    return F.finish(ir)
-
-
-def waiting(seconds: float) -> dict:
-    """coral's teacher alone, its model taking `seconds` per call: admitted rows wait in flight."""
-    ir = copy.deepcopy(F.coral())
-    ir["models"]["llm"]["sim"].update(ttft_s=seconds, per_token_s=0.0, max_concurrency=20000)
-    ir["states"]["teacher"]["transitions"] = [F.tr("end")]
-    return F.finish(ir)
-
-
-def long_replies() -> dict:
-    """coral with ~1 KB filler replies that never agree: 20 steps, the history grows to ~20 KB."""
-    ir = copy.deepcopy(F.coral())
-    for agent in ir["agents"].values():
-        agent["sim"] = None
-    ir["models"]["llm"]["sim"].update(tokens=[150, 250], ttft_s=0.0, per_token_s=0.0)
-    return F.finish(ir)
-
+from bench.programs import long_replies, pingpong, varied, waiting  # noqa: E402
 
 # ---- raw and coalesced relays --------------------------------------------------------------------
 

@@ -73,10 +73,9 @@ def stream(spec: str, n: int, keep_keys: bool) -> dict:
     from matrixlang.runtime.data.inputs import open_input
     from matrixlang.runtime.semantics.engine import Engine
 
-    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
-    import ir_fixtures as F
+    from bench.programs import coral
 
-    ir = F.coral()
+    ir = coral()
     ir["input_schema"] = {**ir["input_schema"], **{k: IR_SCHEMA[k] for k in ("properties", "required")}}
     engine = Engine(ir, backend="sim")
     seen: dict = {}

@@ -1,4 +1,4 @@
-"""Item 3: hop overhead. A zero-latency workflow (bench/hops.py ``pingpong``: two agents pass each
+"""Item 3: hop overhead. A zero-latency workflow (bench/workloads/pingpong.mx: two agents pass each
 row back and forth, the simulated model answers at once, so the run is bound by the runtime's own
 work) against a raw per-message Ray actor relay of messages of the same pickled size, measured in
 the same repeat; with and without coalescing, and centrally orchestrated. Also: the latency
@@ -14,6 +14,7 @@ from pathlib import Path
 from . import hops
 from .config import SuiteConfig
 from .monitor import RunMonitor
+from .programs import pingpong
 from .stats import ratio, spread
 
 
@@ -33,7 +34,7 @@ def _workflow(ir: dict, rows: list[dict], tmp: Path, in_flight: int, **kw) -> di
 
 
 def run_overhead(cfg: SuiteConfig, tmp: Path, log: Callable[[str], None]) -> dict:
-    ir = hops.pingpong(cfg.hop_hops)
+    ir = pingpong(cfg.hop_hops)
     size = hops.mean_message_bytes(ir)
     payload = max(0, size - 60)
     rows = [{"id": i} for i in range(cfg.hop_rows)]

@@ -139,7 +139,7 @@ def workload_traces(name: str, n_rows: int, seed: int = 0) -> tuple[list[list[tu
 
 
 def engine_step_s(ir: dict, rows: list[dict]) -> float:
-    """CPU seconds per step of the Engine alone on ``rows`` (any IR, e.g. bench/hops.py pingpong)."""
+    """CPU seconds per step of the Engine alone on ``rows`` (any IR, e.g. bench/programs.py pingpong)."""
     eng = Engine(ir, backend="sim")
     steps = 0
     t0 = time.process_time()
@@ -341,10 +341,10 @@ def simulate(name: str, traces: list, costs: Costs, sc: Scenario) -> dict:
 def calibrate(overhead: dict, engine_costs: dict[str, float]) -> Costs:
     """Costs from the overhead section (zero-latency runs: large coalesced batches, the regime of a
     saturated coordinator, which is the most favourable to it) and in-process Engine timings."""
-    from . import hops
+    from .programs import pingpong
 
     s = overhead["summary"]["cpu_per_hop_ms"]
-    ping_engine = engine_step_s(hops.pingpong(overhead["hops"]), [{"id": i} for i in range(50)])
+    ping_engine = engine_step_s(pingpong(overhead["hops"]), [{"id": i} for i in range(50)])
 
     def transport(flow: str) -> float:
         return max(s[flow]["agents"]["median"] / 1e3 - ping_engine, 1e-6)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .irtypes import IRError, ModelSpec, ToolSpec, parse_models, parse_tools
 from .names import FINAL_STATES, RESERVED_FIELDS
 
 SUPPORTED_MAJOR = 1
@@ -14,9 +15,7 @@ TOP_LEVEL_KEYS = (
 )
 FINAL_TARGETS = FINAL_STATES
 
-
-class IRError(ValueError):
-    """The IR document is unusable: wrong version, missing keys or dangling references."""
+__all__ = ["IRError", "ModelSpec", "ToolSpec", "check_ir", "load_ir", "load_ir_specs"]
 
 
 def load_ir(obj: dict | str | Path) -> dict:
@@ -25,6 +24,11 @@ def load_ir(obj: dict | str | Path) -> dict:
     A `str` starting with `{` (after whitespace) is JSON text, any other `str` is a path.
     Raises IRError with a message naming the offending key.
     """
+    return load_ir_specs(obj)[0]
+
+
+def load_ir_specs(obj: dict | str | Path) -> tuple[dict, dict[str, ModelSpec], dict[str, ToolSpec]]:
+    """As :func:`load_ir`, with the IR's models and tools parsed (the typed objects the runtime reads)."""
     if isinstance(obj, Path) or (isinstance(obj, str) and not obj.lstrip().startswith("{")):
         path = Path(obj)
         try:
@@ -38,8 +42,8 @@ def load_ir(obj: dict | str | Path) -> dict:
         ir = obj
     else:
         raise IRError(f"IR must be a dict, JSON text or a path, got {type(obj).__name__}")
-    check_ir(ir)
-    return ir
+    models, tools = check_ir(ir)
+    return ir, models, tools
 
 
 def _parse(text: str, what: str) -> dict:
@@ -52,8 +56,9 @@ def _parse(text: str, what: str) -> dict:
     return ir
 
 
-def check_ir(ir: dict) -> None:
-    """Check the IR's version and the cross-references the runtime relies on; raise IRError."""
+def check_ir(ir: dict) -> tuple[dict[str, ModelSpec], dict[str, ToolSpec]]:
+    """Check the IR's version and the cross-references the runtime relies on; raise IRError.
+    Returns its models and tools, parsed."""
     version = ir.get("ir_version")
     if not isinstance(version, str):
         raise IRError(f"missing or non-string 'ir_version' (got {version!r}); this runtime reads IR 1.x")
@@ -70,9 +75,8 @@ def check_ir(ir: dict) -> None:
     schema = _obj(ir, "input_schema")
     if not isinstance(schema.get("properties", {}), dict):
         raise IRError("input_schema.properties must be an object")
-    models, tools, agents, states = (_obj(ir, k) for k in ("models", "tools", "agents", "states"))
-    for name, model in models.items():
-        _check_model(name, model)
+    models, tools = parse_models(ir), parse_tools(ir)
+    agents, states = _obj(ir, "agents"), _obj(ir, "states")
     for name, agent in agents.items():
         _check_agent(name, agent, models, tools)
     _check_states(states, agents)
@@ -90,6 +94,7 @@ def check_ir(ir: dict) -> None:
         for f in fields
     ):
         raise IRError("output.fields must be a list of {name, expr}")
+    return models, tools
 
 
 def _obj(parent: dict, key: str, where: str = "") -> dict:
@@ -97,20 +102,6 @@ def _obj(parent: dict, key: str, where: str = "") -> dict:
     if not isinstance(value, dict):
         raise IRError(f"{where}{key} must be an object, got {type(value).__name__}")
     return value
-
-
-def _check_model(name: str, model: Any) -> None:
-    if not isinstance(model, dict):
-        raise IRError(f"models.{name} must be an object")
-    if model.get("backend") not in ("openai", "vllm", "sim"):
-        raise IRError(f"models.{name}.backend must be openai, vllm or sim, got {model.get('backend')!r}")
-    sim = _obj(model, "sim", f"models.{name}.")
-    tokens = sim.get("tokens")
-    if not (isinstance(tokens, list) and len(tokens) == 2 and all(isinstance(t, int) for t in tokens)
-            and 0 <= tokens[0] <= tokens[1]):
-        raise IRError(f"models.{name}.sim.tokens must be a range [lo, hi] of integers, got {tokens!r}")
-    if not isinstance(model.get("params", {}), dict):
-        raise IRError(f"models.{name}.params must be an object")
 
 
 def _check_agent(name: str, agent: Any, models: dict, tools: dict) -> None:

@@ -29,13 +29,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+if str(ROOT) not in sys.path:      # `python scripts/bench_vllm.py` from the checkout
+    sys.path.insert(0, str(ROOT))
 
 
 def workflow(name: str, model_block: str) -> str:
-    from test_vllm import WORKFLOW  # the test's two-agent workflow
+    from bench.programs import tiny_duo  # the two-agent workflow of tests/runtime/test_vllm.py too
 
-    return WORKFLOW.format(name=name, model=model_block)
+    return tiny_duo(name, model_block)
 
 
 def compile_text(text: str, tmp: Path) -> dict:

@@ -84,7 +84,7 @@ class AgentActor(Routing):
         self.pending = Pending()                            # sim replies and fetched texts awaited
         self.sim = SimCalls(self.name, self.topo, self.handles, lambda: self.outbox, self.pending, self.rng)
         self.services = ServiceCalls(cfg.openai, cfg.vllm)
-        self.tools = ToolCalls(self.engine.ir["tools"], self.topo, self.handles, cfg.call_retries)
+        self.tools = ToolCalls(self.engine.tools, self.topo, self.handles, cfg.call_retries)
         self.cache = TextCache()                            # offloaded texts seen here
         self._reroutes: dict[int, int] = {}
         self.hop_bytes = 0
@@ -95,11 +95,11 @@ class AgentActor(Routing):
 
     def _role(self, role: str) -> Role:
         spec = self.engine.agents[role]
-        model = self.engine.ir["models"].get(spec.model or "", {})
-        retries = model.get("retries")
+        model = self.engine.models.get(spec.model or "")
+        timeout = model.timeout_s if model is not None else None
+        retries = model.retries if model is not None else None
         return Role(spec, asyncio.Semaphore(max(1, spec.max_concurrency)),
-                    float(model.get("timeout_s") or self.cfg.call_timeout_s),
-                    self.cfg.call_retries if retries is None else int(retries))
+                    timeout or self.cfg.call_timeout_s, self.cfg.call_retries if retries is None else retries)
 
     @property
     def errors(self) -> int:

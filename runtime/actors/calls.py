@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from ..control.cluster import Handles, Topology
+from ..ir import ToolSpec
 from ..semantics.engine import AgentSpec, LLMCall, Reply, ToolCall
 from ..transport.outbox import Outbox, pick_two
 from ..transport.protocol import SUBMIT, TO_SIM
@@ -121,7 +122,7 @@ class ServiceCalls:
 class ToolCalls:
     """Tool runs through the tool services (each call to the replica with the fewest outstanding)."""
 
-    def __init__(self, tools: dict, topo: Topology, handles: Handles, retries: int) -> None:
+    def __init__(self, tools: Mapping[str, ToolSpec], topo: Topology, handles: Handles, retries: int) -> None:
         self.tools, self.topo, self.handles, self.retries = tools, topo, handles, retries
         self.pools: dict = {}                              # tool → ToolPool
         self.errors = 0
@@ -134,11 +135,11 @@ class ToolCalls:
             from .tool_service import ToolPool
 
             handles = [self.handles.get(n) for n in self.topo.tools_of(call.tool)]
-            pool = self.pools[call.tool] = ToolPool(call.tool, spec, handles)
+            pool = self.pools[call.tool] = ToolPool(call.tool, spec.sandbox_spec(), handles)
         detail = "no tool service"
         for _ in range(self.retries + 1):
             try:
-                res = await pool.run(call.input, role.timeout_s + float(spec.get("timeout_s") or 0))
+                res = await pool.run(call.input, role.timeout_s + spec.timeout_s)
             except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                 self.errors += 1
                 detail = f"tool {call.tool!r}: {type(e).__name__}"

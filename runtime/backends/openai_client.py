@@ -52,6 +52,7 @@ from typing import Any
 
 import aiohttp
 
+from ..irtypes import EnvRef, ModelSpec, parse_models
 from ..names import (
     ADAPTIVE_CONCURRENCY,
     CALL_TIMEOUT_S,
@@ -175,15 +176,15 @@ class ClientStats:
 
 # ---- resolving models from the IR (driver side) ------------------------------------------------
 
-def resolve_urls(spec: Any, environ: Mapping[str, str], model: str) -> list[str]:
-    """The base URLs of an IR ``url``: a list, or ``{"env", "default"}`` (comma-separated values).
+def resolve_urls(spec: tuple[str, ...] | EnvRef | None, environ: Mapping[str, str], model: str) -> list[str]:
+    """The base URLs of a model's ``url``: literal URLs, or an ``env`` reference (comma-separated values).
     A URL without a path gets ``/v1``. ValueError when there is none or one is not http(s)."""
-    if isinstance(spec, dict):
-        raw = environ.get(spec["env"]) or spec.get("default")
+    if isinstance(spec, EnvRef):
+        raw = environ.get(spec.env) or spec.default
         if not raw:
-            raise ValueError(f"model {model!r}: ${spec['env']} is not set and the program gives no default URL")
+            raise ValueError(f"model {model!r}: ${spec.env} is not set and the program gives no default URL")
         items = raw.split(",")
-    elif isinstance(spec, list):
+    elif spec is not None:
         items = [u for s in spec for u in str(s).split(",")]
     else:
         raise ValueError(f"model {model!r}: no url (backend openai needs url = \"http://...\" or env(...))")
@@ -202,33 +203,31 @@ def resolve_urls(spec: Any, environ: Mapping[str, str], model: str) -> list[str]
     return urls
 
 
-def resolve_model(name: str, m: dict, limits: dict, environ: Mapping[str, str] = os.environ) -> OpenAIModel:
-    """An IR model (backend openai) resolved against ``environ``: URLs and API key."""
-    key_spec = m.get("api_key")
+def resolve_model(m: ModelSpec, limits: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> OpenAIModel:
+    """A model (backend openai) resolved against ``environ``: URLs and API key."""
     key: Secret | None = None
     key_env = None
-    if isinstance(key_spec, dict):
-        key_env = key_spec.get("env")
-        raw = (environ.get(key_env) if key_env else None) or key_spec.get("default")
+    if m.api_key is not None:
+        key_env = m.api_key.env
+        raw = environ.get(key_env) or m.api_key.default
         key = Secret(raw) if raw else None
-    timeout = m.get("timeout_s")
-    retries = m.get("retries")
     return OpenAIModel(
-        model=name, name=m.get("name"), urls=resolve_urls(m.get("url"), environ, name),
-        params=dict(m.get("params") or {}), api_key=key, api_key_env=key_env, api=m.get("api") or "chat",
-        timeout_s=float(timeout if timeout is not None else limits.get("call_timeout_s", CALL_TIMEOUT_S)),
-        retries=int(retries if retries is not None else limits.get("retries", RETRIES)))
+        model=m.key, name=m.name, urls=resolve_urls(m.url, environ, m.key),
+        params=dict(m.params), api_key=key, api_key_env=key_env, api=m.api,
+        timeout_s=m.timeout_s if m.timeout_s is not None else float(limits.get("call_timeout_s", CALL_TIMEOUT_S)),
+        retries=m.retries if m.retries is not None else int(limits.get("retries", RETRIES)))
 
 
-def resolve_models(ir: dict, environ: Mapping[str, str] = os.environ, *, probe: bool = True,
+def resolve_models(ir: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *, probe: bool = True,
                    probe_timeout_s: float = 3.0) -> dict[str, OpenAIModel]:
     """Every ``backend = "openai"`` model of the IR, resolved; with ``probe``, ``sim_hints`` is set for a
-    model whose every endpoint answers ``GET /models`` as an mxc sim-server. ValueError on a bad URL."""
+    model whose every endpoint answers ``GET /models`` as an mxc sim-server. ValueError on a bad URL
+    (IRError, a ValueError, on a malformed model)."""
     out = {}
-    for name, m in sorted(ir["models"].items()):
-        if m.get("backend") != "openai":
+    for name, m in sorted(parse_models(ir).items()):
+        if m.backend != "openai":
             continue
-        spec = resolve_model(name, m, ir.get("limits", {}), environ)
+        spec = resolve_model(m, ir.get("limits", {}), environ)
         if probe:
             spec.sim_hints = all(probe_owner(u, spec.api_key, probe_timeout_s) == SIM_OWNER for u in spec.urls)
         out[name] = spec

@@ -37,7 +37,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..names import CALL_TIMEOUT_S, MODEL_DEFAULTS, RETRIES
+from ..irtypes import ModelSpec, parse_models
+from ..names import CALL_TIMEOUT_S, RETRIES
 from ..semantics.engine import LLMCall, Reply
 
 DEPLOYMENT = "VLLMServer"
@@ -53,7 +54,12 @@ class ServeDeployError(Exception):
 
 def vllm_models(ir: dict) -> list[str]:
     """The IR's ``backend = "vllm"`` models, sorted."""
-    return sorted(m for m, spec in ir["models"].items() if spec.get("backend") == "vllm")
+    return sorted(m for m, spec in parse_models(ir).items() if spec.backend == "vllm")
+
+
+def _model(ir: dict, model: str) -> ModelSpec:
+    """The IR's model ``model``, parsed (IRError when malformed)."""
+    return ModelSpec.from_ir(model, ir["models"][model])
 
 
 def app_name(ir: dict, model: str) -> str:
@@ -72,32 +78,31 @@ def plan(ir: dict, model: str, *, gpus: bool, engine_args: dict | None = None,
     """Everything needed to deploy one model: ``{app, deployment: Serve options, engine: engine kwargs,
     env, cpu: binding request or None}``. ``gpus``: whether the cluster has GPUs (bundles of GPUs, else
     of ``cpus_per_worker`` CPUs per engine worker, and each replica pins its workers to its own cores)."""
-    m = ir["models"][model]
-    if m.get("backend") != "vllm":
-        raise ValueError(f"model {model!r} has backend {m.get('backend')!r}, not 'vllm'")
-    if not m.get("name"):
+    m = _model(ir, model)
+    if m.backend != "vllm":
+        raise ValueError(f"model {model!r} has backend {m.backend!r}, not 'vllm'")
+    if not m.name:
         raise ValueError(f"model {model!r}: no name (the model id or directory vLLM loads)")
-    tp, pp = int(m.get("tensor_parallel") or 1), int(m.get("pipeline_parallel") or 1)
+    tp, pp = m.tensor_parallel, m.pipeline_parallel
     workers = tp * pp
-    engine: dict[str, Any] = {"model": m["name"], "tensor_parallel_size": tp, "pipeline_parallel_size": pp,
-                              **(m.get("engine_args") or {}), **(engine_args or {})}
+    engine: dict[str, Any] = {"model": m.name, "tensor_parallel_size": tp, "pipeline_parallel_size": pp,
+                              **m.engine_args, **(engine_args or {})}
     opts: dict[str, Any] = {
         "name": DEPLOYMENT,
-        "max_ongoing_requests": int(m.get("max_concurrency") or MODEL_DEFAULTS["max_concurrency"]),
+        "max_ongoing_requests": m.max_concurrency,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
         "graceful_shutdown_timeout_s": 30.0,
         "max_constructor_retry_count": 2,
     }
-    auto = m.get("autoscale")
-    if auto:
-        lo, hi = int(auto["min_replicas"]), int(auto["max_replicas"])
+    auto = m.autoscale
+    if auto is not None:
+        lo, hi = auto.min_replicas, auto.max_replicas
         opts["autoscaling_config"] = {
-            "min_replicas": lo, "max_replicas": hi,
-            "initial_replicas": max(lo, min(int(m.get("replicas") or lo), hi)),
-            "target_ongoing_requests": float(auto["target_ongoing_requests"])}
+            "min_replicas": lo, "max_replicas": hi, "initial_replicas": max(lo, min(m.replicas, hi)),
+            "target_ongoing_requests": auto.target_ongoing_requests}
     else:
-        opts["num_replicas"] = int(m.get("replicas") or MODEL_DEFAULTS["replicas"])
+        opts["num_replicas"] = m.replicas
     c = max(1, int(cpus_per_worker))
     if workers == 1:
         opts["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": c}
@@ -297,11 +302,11 @@ def resolve_models(ir: dict, models: list[str] | None = None, *, check: bool = T
     limits = ir.get("limits", {})
     out = {}
     for m in vllm_models(ir) if models is None else sorted(models):
-        spec = ir["models"][m]
-        t, r = spec.get("timeout_s"), spec.get("retries")
+        spec = _model(ir, m)
+        t, r = spec.timeout_s, spec.retries
         out[m] = VLLMModel(m, app_name(ir, m),
-                           timeout_s=float(t if t is not None else limits.get("call_timeout_s", CALL_TIMEOUT_S)),
-                           retries=int(r if r is not None else limits.get("retries", RETRIES)))
+                           timeout_s=t if t is not None else float(limits.get("call_timeout_s", CALL_TIMEOUT_S)),
+                           retries=r if r is not None else int(limits.get("retries", RETRIES)))
     if check and out:
         bad = [s for s in status(ir) if s["model"] in out and s["status"] != "RUNNING"]
         if bad:

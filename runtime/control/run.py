@@ -187,15 +187,11 @@ def preflight(ir: dict | str | Path, opts: RunOptions) -> Engine:
             int(engine.limits.get(key, 3))
         float(engine.limits.get("call_timeout_s", 120.0))
         float(engine.row_timeout_s)
-        for model in engine.ir["models"].values():
-            for key in ("retries", "timeout_s"):
-                if model.get(key) is not None:
-                    float(model[key])
         for name in {a.tool for a in engine.agents.values() if a.kind == "tool"}:
             from ..sandbox.bwrap import Limits
 
             try:
-                Limits.from_spec(engine.ir["tools"][name])
+                Limits.from_spec(engine.tools[name].sandbox_spec())
             except ValueError as e:
                 raise RunError(f"unusable workflow: tool {name!r}: {e}") from e
     except RunError:
@@ -355,10 +351,10 @@ def _topology(engine: Engine, opts: RunOptions, namespace: str | None | bool = T
     # the in-cluster sim service hosts only the models that run on it (not openai/vllm services)
     models = sorted({spec.model for spec in engine.agents.values()
                      if spec.kind == "llm" and engine.model_backend(spec.model) == "sim"})
-    reps = {m: int(engine.ir["models"][m]["sim"]["replicas"]) for m in models}
+    reps = {m: engine.models[m].sim.replicas for m in models}
     n_sim = max(1, min(opts.sim_actors, max(reps.values(), default=1)))
     sims = {m: list(range(min(reps[m], n_sim))) for m in models}
-    tools = {t: max(1, int(engine.ir["tools"][t].get("replicas", 1)))
+    tools = {t: max(1, engine.tools[t].replicas)
              for t in sorted({s.tool for s in engine.agents.values() if s.kind == "tool"})}
     prefix = f"mx-{opts.run_id or uuid.uuid4().hex[:8]}"
     central = opts.orchestrator == "central"
@@ -394,8 +390,8 @@ def _launch(engine: Engine, topo: Topology, opts: RunOptions, out_path: str, ope
                                                                                     prior=prior)
     hosted: dict[int, dict[str, tuple[dict, int]]] = {}
     for model, ids in topo.sims.items():
-        sim = engine.ir["models"][model]["sim"]
-        r, n = int(sim["replicas"]), len(ids)
+        sim = engine.ir["models"][model]["sim"]   # the sim service takes the IR's block as it is
+        r, n = engine.models[model].sim.replicas, len(ids)
         for k, i in enumerate(ids):
             hosted.setdefault(i, {})[model] = (sim, r // n + (1 if k < r % n else 0))
     for i, models in sorted(hosted.items()):

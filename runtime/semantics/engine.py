@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..ir import load_ir
+from ..ir import ModelSpec, ToolSpec, load_ir_specs
 from ..names import AGENT_DEFAULTS, CONTEXT_NAMES
 from .expr import Compiled, ExprError, compile_expr, reads
 from .extract import Extractor, RegexTimeout
@@ -220,7 +220,10 @@ class Engine:
     def __init__(self, ir: dict | str, *, seed: int = 0, backend: str | None = None) -> None:
         if backend not in (None, "sim"):
             raise ValueError(f"backend must be None or 'sim', got {backend!r}")
-        self.ir = ir = load_ir(ir)
+        ir, models, tools = load_ir_specs(ir)
+        self.ir: dict = ir
+        self.models: dict[str, ModelSpec] = models
+        self.tools: dict[str, ToolSpec] = tools
         self.seed, self.backend = seed, backend
         self.workflow_name: str = ir["workflow"]["name"]
         self.workflow_hash: str = ir["workflow"]["source_hash"]
@@ -242,7 +245,7 @@ class Engine:
 
     def model_backend(self, model: str) -> str:
         """The backend a model really uses: "sim" when forced, else the IR's."""
-        return "sim" if self.backend == "sim" else self.ir["models"][model]["backend"]
+        return "sim" if self.backend == "sim" else self.models[model].backend
 
     def _compile_agent(self, name: str, a: dict) -> AgentSpec:
         def tmpl(key: str) -> Template | None:
@@ -253,10 +256,10 @@ class Engine:
         params: dict = {}
         is_sim, lo_hi = False, (0, 0)
         if a["kind"] == "llm":
-            model = self.ir["models"][a["model"]]
-            params = {**model.get("params", {}), **a.get("params", {})}
+            model = self.models[a["model"]]
+            params = {**model.params, **a.get("params", {})}
             is_sim = self.model_backend(a["model"]) == "sim"
-            lo, hi = model["sim"]["tokens"]
+            lo, hi = model.sim.tokens
             cap = params.get("max_tokens")
             if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
                 lo, hi = min(lo, cap), min(hi, cap)

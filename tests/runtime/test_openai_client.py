@@ -26,6 +26,7 @@ from matrixlang.runtime.backends.openai_client import (
 )
 from matrixlang.runtime.backends.simmodel import filler_text
 from matrixlang.runtime.backends.simserver import SimServer, SimServerConfig, SimServerProcess
+from matrixlang.runtime.irtypes import EnvRef, ModelSpec
 from matrixlang.runtime.semantics.engine import LLMCall
 
 MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}]
@@ -298,14 +299,16 @@ def test_api_key_from_env_is_sent_as_bearer_and_never_shown(caplog):
     key = "sk-live-" + secrets.token_hex(12)
     env = {"SIM_KEY": key, "LLM_URL": ""}
     m = {"backend": "openai", "name": "x", "url": None, "api_key": {"env": "SIM_KEY", "default": None},
-         "params": {"max_tokens": 5}, "timeout_s": None, "retries": 0}
+         "params": {"max_tokens": 5}, "timeout_s": None, "retries": 0, "sim": {"tokens": [1, 5]}}
     caplog.set_level(logging.DEBUG)
 
     async def main():
         async with servers(environ=env, api_key_env="SIM_KEY") as (_, urls):
-            ok_spec = resolve_model("llm", {**m, "url": urls}, {"call_timeout_s": 5.0}, env)
-            bad_spec = resolve_model("llm", {**m, "url": urls}, {"call_timeout_s": 5.0}, {"SIM_KEY": "wrong"})
-            none_spec = resolve_model("llm", {**m, "url": urls, "api_key": None}, {"call_timeout_s": 5.0}, {})
+            ok_spec = resolve_model(ModelSpec.from_ir("llm", {**m, "url": urls}), {"call_timeout_s": 5.0}, env)
+            bad_spec = resolve_model(ModelSpec.from_ir("llm", {**m, "url": urls}), {"call_timeout_s": 5.0},
+                                     {"SIM_KEY": "wrong"})
+            none_spec = resolve_model(ModelSpec.from_ir("llm", {**m, "url": urls, "api_key": None}),
+                                      {"call_timeout_s": 5.0}, {})
             ok = await OpenAIClient(ok_spec).chat(MSGS)
             errs = []
             for s in (bad_spec, none_spec):
@@ -329,20 +332,21 @@ def test_api_key_from_env_is_sent_as_bearer_and_never_shown(caplog):
 
 def test_resolve_urls_and_display():
     env = {"LLM_URL": " http://a:1/v1, http://b:2 ,,https://c/v1/ "}
-    assert resolve_urls({"env": "LLM_URL", "default": None}, env, "m") == \
+    assert resolve_urls(EnvRef("LLM_URL"), env, "m") == \
         ["http://a:1/v1", "http://b:2/v1", "https://c/v1"]
-    assert resolve_urls({"env": "NOPE", "default": "http://d:3/v1"}, env, "m") == ["http://d:3/v1"]
-    assert resolve_urls(["http://e:4/v1,http://f:5/v1"], env, "m") == ["http://e:4/v1", "http://f:5/v1"]
+    assert resolve_urls(EnvRef("NOPE", "http://d:3/v1"), env, "m") == ["http://d:3/v1"]
+    assert resolve_urls(("http://e:4/v1,http://f:5/v1",), env, "m") == ["http://e:4/v1", "http://f:5/v1"]
     with pytest.raises(ValueError, match=r"\$NOPE is not set"):
-        resolve_urls({"env": "NOPE", "default": None}, env, "m")
+        resolve_urls(EnvRef("NOPE"), env, "m")
     with pytest.raises(ValueError, match="http"):
-        resolve_urls(["ftp://x"], env, "m")
+        resolve_urls(("ftp://x",), env, "m")
     assert display_url("http://user:pw@host:8/v1") == "http://host:8/v1"
-    assert resolve_models({"models": {"s": {"backend": "sim"}}}, env) == {}
+    assert resolve_models({"models": {"s": {"backend": "sim", "sim": {"tokens": [1, 2]}}}}, env) == {}
 
 
 def test_probe_of_an_unreachable_endpoint_gives_no_hints():
-    m = {"backend": "openai", "name": "x", "url": [dead_url()], "api_key": None, "params": {}}
+    m = {"backend": "openai", "name": "x", "url": [dead_url()], "api_key": None, "params": {},
+         "sim": {"tokens": [1, 2]}}
     assert resolve_models({"models": {"llm": m}, "limits": {}}, {}, probe_timeout_s=1.0)["llm"].sim_hints is False
 
 

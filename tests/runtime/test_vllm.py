@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib.util import find_spec
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import pytest
@@ -31,41 +31,22 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+
 MAX_MODEL_LEN = 256
 ROWS = 12
 LONG_ID = "too-long"
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-WORKFLOW = '''
-workflow {name} "two agents on a tiny model"
-input {{ id: str  topic: str }}
-limits {{ max_steps = 6 }}
-model tiny {{
-{model}
-  max_tokens = 24
-  temperature = 0.8
-  timeout = 120s
-  retries = 1
-}}
-agent writer {{
-  model = tiny
-  system = "Write about {{{{ row.topic }}}}."
-  prompt = "{{{{ last.text if last else 'Begin.' }}}}"
-}}
-agent critic {{
-  model = tiny
-  system = "Criticise the text about {{{{ row.topic }}}}."
-  params {{ max_tokens = 16 }}
-}}
-flow {{
-  start -> writer
-  writer -> critic
-  critic -> end when visits.critic >= 2
-  critic -> writer
-}}
-output {{ id = row.id  transcript = history  turns = turns }}
-'''
 MAX_TOKENS = {"writer": 24, "critic": 16}
+
+
+def tiny_duo(name: str, backend: str) -> str:
+    """bench/workloads/tiny_duo.mx with ``backend`` (the workflow scripts/bench_vllm.py measures), from
+    bench/programs.py loaded by path: tests/test_bench_gpu.py puts another ``bench`` module on sys.path."""
+    spec = spec_from_file_location("bench_programs", ROOT / "bench" / "programs.py")
+    programs = module_from_spec(spec)
+    spec.loader.exec_module(programs)
+    return programs.tiny_duo(name, backend)
 
 
 def mxc(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -178,7 +159,7 @@ class TestServeDeployment:
 
         d = tmp_path_factory.mktemp("served")
         prog = d / "duo.mx"
-        prog.write_text(WORKFLOW.format(name="vllm_duo", model=f'''  backend = "vllm"
+        prog.write_text(tiny_duo("vllm_duo", f'''  backend = "vllm"
   name = "{tiny}"
   replicas = 2
   max_concurrency = 64
@@ -280,7 +261,7 @@ def vllm_server(tiny, tmp_path):
 
 def test_vllm_serve_through_the_openai_backend(ray_local, vllm_server, tokenizer, tmp_path, monkeypatch):
     prog = tmp_path / "duo_http.mx"
-    prog.write_text(WORKFLOW.format(name="vllm_http", model='''  backend = "openai"
+    prog.write_text(tiny_duo("vllm_http", '''  backend = "openai"
   name = "tiny"
   url = env("TINY_VLLM_URL")'''))
     ir = compile_file(prog)
@@ -315,7 +296,7 @@ def test_a_deploy_that_cannot_start_is_reported(ray_local, tmp_path):
 
     prog = tmp_path / "broken.mx"
     missing = tmp_path / "no-such-model"
-    prog.write_text(WORKFLOW.format(name="vllm_broken", model=f'''  backend = "vllm"
+    prog.write_text(tiny_duo("vllm_broken", f'''  backend = "vllm"
   name = "{missing}"
   max_model_len = {MAX_MODEL_LEN}'''))
     address = ray.get_runtime_context().gcs_address
