@@ -39,8 +39,9 @@ from ..names import (
 from ..semantics.engine import Engine
 from .cluster import Topology, connect, this_node_id
 from .driver import Driver, DriverConfig
-from .progress import RunProgress, percentile, print_summary
+from .progress import RunProgress, print_summary
 from .shards import run_shards
+from .summary import RunSummary, build_summary
 
 
 class RunError(Exception):
@@ -51,7 +52,7 @@ class RunStopped(RunError):
     """The run stopped before every row was written (its output cannot be written: a full disk);
     the rows written are in the output and the summary, and ``--resume`` finishes the run."""
 
-    def __init__(self, reason: str, summary: dict):
+    def __init__(self, reason: str, summary: RunSummary):
         fix = "free the space and re-run" if "cannot write" in reason else "re-run"
         super().__init__(f"stopped after {summary['rows']} rows: {reason}; {fix} with --resume to finish")
         self.summary = summary
@@ -92,7 +93,7 @@ class RunOptions:
     until_ok: int | None = None           # stop at this many ok rows (None: the program's limits.until_ok)
 
 
-def run(ir: dict | str | Path, opts: RunOptions) -> dict:
+def run(ir: dict | str | Path, opts: RunOptions) -> RunSummary:
     """Run the workflow over ``opts.input`` into ``opts.output``; returns the summary dict."""
     t_start = time.time()
     engine = preflight(ir, opts)
@@ -142,7 +143,7 @@ def run(ir: dict | str | Path, opts: RunOptions) -> dict:
             ray.kill(h)
         if started:
             ray.shutdown()
-    summary = _summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
+    summary = build_summary(engine, opts, topo, res, stats, sink_stats, out_path, t_start, cut)
     summary["cluster"] = cluster
     summary["stopped"] = res.stopped or sink_stats.get("failure")
     summary.update(drivers=opts.drivers, trials=trials, until_ok=until_ok, ok_rows=ok_done + res.by_status.get("ok", 0),
@@ -477,37 +478,6 @@ def _vllm_models(engine: Engine) -> dict:
         raise RunError(str(e)) from e
 
 
-CLIENT_COUNTERS = ("calls", "ok", "failed", "attempts", "retries", "retry_after", "throttled", "throttle_free",
-                   "outage_waits")
-AIMD_COUNTERS = ("decreases", "latency_decreases", "increases", "pauses", "waited")
-
-
-def client_totals(stats: dict) -> dict:
-    """Per openai model, the counters of its clients in every agent actor summed; per endpoint URL, the
-    adaptive limits (lowest and highest now, decreases, pauses, ...) over those clients."""
-    out: dict[str, dict] = {}
-    for s in stats.values():
-        clients = s.get("clients") if isinstance(s, dict) else None
-        for model, c in (clients or {}).items():
-            if "calls" not in c:                # a vllm ServeClient: other counters
-                continue
-            t = out.setdefault(model, {k: 0 for k in CLIENT_COUNTERS} | {"clients": 0, "endpoints": {}})
-            t["clients"] += 1
-            for k in CLIENT_COUNTERS:
-                t[k] += c.get(k, 0)
-            for e in c.get("endpoints", []):
-                a = e.get("aimd")
-                if a is None:
-                    continue
-                d = t["endpoints"].setdefault(e["url"], {k: 0 for k in AIMD_COUNTERS} | {
-                    "limit_min": a["limit"], "limit_max": a["limit"], "paused_s": 0.0})
-                for k in AIMD_COUNTERS:
-                    d[k] += a[k]
-                d["paused_s"] = round(d["paused_s"] + a["paused_s"], 3)
-                d["limit_min"], d["limit_max"] = min(d["limit_min"], a["limit"]), max(d["limit_max"], a["limit"])
-    return out
-
-
 def _collect_stats(actors: dict[str, Any]) -> dict[str, Any]:
     refs = {k: h.stats.remote() for k, h in actors.items() if k != "sink"}
     out = {}
@@ -519,59 +489,3 @@ def _collect_stats(actors: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _summary(engine: Engine, opts: RunOptions, topo: Topology, res: Any, stats: dict, sink_stats: dict,
-             out_path: str, t_start: float, cut: int) -> dict:
-    elapsed = (res.last_done - res.first_admit) if res.first_admit and res.last_done else 0.0
-    elapsed = max(elapsed, 0.0)
-    per = (lambda x: x / elapsed) if elapsed > 0 else (lambda x: 0.0)
-    agents = {}
-    calls_total, batches, items, max_batch, hop_bytes, hops = 0, 0, 0, 0, 0, 0
-    for role in topo.roles:
-        lat: list[float] = []
-        calls = 0
-        per_replica = []
-        for name in topo.agents(role):
-            s = stats.get(name, {}).get("roles", {}).get(role, {})
-            lat.extend(s.get("latencies", []))
-            calls += s.get("calls", 0)
-            per_replica.append(s.get("calls", 0))
-        calls_total += calls
-        agents[role] = {"replicas": topo.roles[role], "calls": calls, "replica_calls": per_replica,
-                        "p50_s": percentile(lat, 0.5), "p95_s": percentile(lat, 0.95),
-                        "mean_s": sum(lat) / len(lat) if lat else None}
-    for name in topo.all_agents():
-        hop_bytes += stats.get(name, {}).get("hop_bytes", 0)
-        hops += stats.get(name, {}).get("hops", 0)
-    for s in stats.values():
-        ob = s.get("outbox") if isinstance(s, dict) else None
-        if ob:
-            batches += ob["calls"]
-            items += ob["items"]
-            max_batch = max(max_batch, ob["max_batch"])
-    store = sink_stats.get("offload", {})
-    return {
-        "workflow": engine.workflow_name, "workflow_hash": engine.workflow_hash,
-        "output": out_path, "rows": res.rows,
-        "by_status": dict(sorted(res.by_status.items())), "by_reason": dict(sorted(res.by_reason.items())),
-        "elapsed_s": elapsed, "rows_per_s": per(res.rows),
-        "tokens": res.completion_tokens, "prompt_tokens": res.prompt_tokens,
-        "tokens_per_s": per(res.completion_tokens),
-        "steps": res.steps, "hops_per_s": per(res.steps),
-        "peak_in_flight": res.peak_in_flight, "max_in_flight": opts.max_in_flight,
-        "schedule": opts.schedule, "orchestrator": opts.orchestrator, "seed": opts.seed,
-        "colocated": topo.groups,
-        "backend": opts.backend, "agents": agents,
-        "skipped_done": res.skipped_done, "duplicate_ids": res.duplicate_ids, "input_rows": res.input_rows,
-        "retried_errors": opts.retried_errors,
-        "readmitted": res.readmitted, "lost": res.lost, "actor_restarts": res.deaths, "lost_scans": res.scans,
-        "transport": {"coalesce": opts.coalesce, "calls": batches, "items": items, "max_batch": max_batch,
-                      "mean_batch": items / batches if batches else 0.0},
-        "offload": {"threshold": opts.offload_threshold, "put": store.get("put", 0),
-                    "freed": store.get("freed", 0), "still_held": store.get("held", 0)},
-        "bytes_per_hop": hop_bytes / hops if hops else None,
-        "sink": sink_stats, "torn_bytes_cut": cut,
-        "wall_s": time.time() - t_start, "pid": os.getpid(),
-        "services": {k: v for k, v in stats.items() if ":sim:" in k},
-        "clients": client_totals(stats), "adaptive_concurrency": opts.adaptive_concurrency,
-        "nodes": {k: v["node"] for k, v in stats.items() if isinstance(v, dict) and "node" in v},
-    }
