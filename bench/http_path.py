@@ -92,7 +92,8 @@ def run_plain(inp: Path, in_flight: int, seed: int) -> dict:
             "latency_p50_s": statistics.median(lat), "server": counts}
 
 
-def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: int | None) -> dict:
+def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: int | None,
+            adaptive: bool = True) -> dict:
     from matrixlang.runtime.backends.simserver import SimServerProcess
     from matrixlang.runtime.control.run import RunOptions, run
 
@@ -103,7 +104,8 @@ def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: 
         os.environ["BENCH_LLM_URL"] = srv.url
         with RunMonitor(run_id, interval_s=0.25) as mon:
             s = run(ir, RunOptions(input=str(inp), output=str(out), max_in_flight=in_flight, seed=seed,
-                                   progress="off", print_summary=False, run_id=run_id, **extra))
+                                   progress="off", print_summary=False, run_id=run_id,
+                                   adaptive_concurrency=adaptive, **extra))
         counts = server_counts(srv)
         mon.procs.pop(srv.proc.pid, None)            # the server's CPU is not the client's
     cpu = mon.cpu_by_group()
@@ -116,7 +118,9 @@ def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: 
     return {"rows_per_s": s["rows_per_s"], "elapsed_s": s["elapsed_s"], "cpu_s": sum(cpu.values()),
             "cpu_by_group": {k: round(v, 2) for k, v in cpu.items()}, "calls": calls, "steps": steps,
             "latency_mean_s": lat_mean, "latency_p50_s": max(a["p50_s"] or 0 for a in s["agents"].values()),
-            "server": counts, "by_status": s["by_status"], "monitor": mon.summary(s["elapsed_s"])}
+            "server": counts, "by_status": s["by_status"], "monitor": mon.summary(s["elapsed_s"]),
+            "aimd": {u: {k: e[k] for k in ("decreases", "latency_decreases", "pauses", "limit_min")}
+                     for c in (s.get("clients") or {}).values() for u, e in c["endpoints"].items()}}
 
 
 def compare(rows: list[dict], in_flight: int, seed: int, plain: dict, mxc: dict) -> dict:
@@ -132,6 +136,7 @@ def compare(rows: list[dict], in_flight: int, seed: int, plain: dict, mxc: dict)
                      "added_latency_ms": round(1000 * (r["latency_mean_s"] - per_call), 1),
                      "latency_p50_ms": round(1000 * r["latency_p50_s"], 1)}
     fig["mxc"]["cpu_by_group_s"] = mxc["cpu_by_group"]
+    fig["mxc"]["aimd"] = mxc["aimd"]   # per endpoint: cuts of the adaptive limit (none expected here)
     fig["ideal"] = {"rows_per_s": round(best["rows_per_s"], 2), "makespan_s": round(best["makespan_s"], 2)}
     return {"in_flight": in_flight, "rows": len(rows), "same_work": same, "calls": best["calls"],
             "ratio_mxc_plain": round(mxc["rows_per_s"] / plain["rows_per_s"], 3),
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="plain and mxc back to back, this many times")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offload-threshold", type=int, help="mxc run --offload-threshold (default: mxc's own)")
+    p.add_argument("--adaptive-concurrency", choices=["on", "off"], default="on", help="mxc run's (default on)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for in_flight in args.in_flight or [128, 1024]:
         for rep in range(args.repeat):
             plain = run_plain(inp, in_flight, args.seed)
-            mxc = run_mxc(ir, inp, tmp, in_flight, args.seed, args.offload_threshold)
+            mxc = run_mxc(ir, inp, tmp, in_flight, args.seed, args.offload_threshold,
+                          args.adaptive_concurrency == "on")
             c = compare(rows, in_flight, args.seed, plain, mxc)
             c["repeat"] = rep
             results.append(c)
