@@ -15,20 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-def count_rows(path: str, limit: int | None) -> int | None:
-    """Number of non-blank lines of a regular input file (None for standard input)."""
-    if path == "-":
-        return None
-    n = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                n += 1
-                if limit is not None and n >= limit:
-                    break
-    return n
-
-
 class RunProgress:
     """Progress of a run: ``mode`` is ``bar`` (rich), ``plain`` (periodic lines) or ``off``."""
 
