@@ -219,7 +219,7 @@ class Bench:
             "max_tokens": {"teacher": wl.TEACHER_TOKENS, "student": wl.STUDENT_TOKENS}, "ignore_eos": True,
             "max_in_flight": self.a.max_in_flight, "max_num_seqs": self.a.max_num_seqs,
             "max_model_len": self.a.max_model_len, "gpu_memory_utilization": self.a.gpu_mem,
-            "enforce_eager": self.a.eager, "load_format": "dummy" if self.model == "llama8b" else "auto",
+            "enforce_eager": self.a.eager, "prefix_caching": self.a.prefix_caching, "load_format": "dummy" if self.model == "llama8b" else "auto",
         }
         self.save()
 
@@ -228,13 +228,16 @@ class Bench:
              "--gpu-memory-utilization", str(self.a.gpu_mem), "--max-num-seqs", str(self.a.max_num_seqs)]
         if self.a.eager:
             f.append("--enforce-eager")
+        if not self.a.prefix_caching:
+            f.append("--no-enable-prefix-caching")
         if self.model == "llama8b":
             f += ["--load-format", "dummy"]
         return f
 
     def engine_kwargs(self) -> dict:
         k = {"dtype": self.a.dtype, "max_model_len": self.a.max_model_len, "gpu_memory_utilization": self.a.gpu_mem,
-             "max_num_seqs": self.a.max_num_seqs, "enforce_eager": bool(self.a.eager)}
+             "max_num_seqs": self.a.max_num_seqs, "enforce_eager": bool(self.a.eager),
+             "enable_prefix_caching": bool(self.a.prefix_caching)}
         if self.model == "llama8b":
             k["load_format"] = "dummy"
         return k
@@ -383,7 +386,8 @@ class Bench:
                 time.sleep(1)
             out["ray_start_s"] = round(time.time() - t0, 1)
             eng = [f"--engine-arg=enforce_eager={'true' if self.a.eager else 'false'}",
-                   f"--engine-arg=max_num_seqs={self.a.max_num_seqs}"]
+                   f"--engine-arg=max_num_seqs={self.a.max_num_seqs}",
+                   f"--engine-arg=enable_prefix_caching={'true' if self.a.prefix_caching else 'false'}"]
             if self.model == "llama8b":
                 eng.append("--engine-arg=load_format=dummy")
             t0 = time.time()
@@ -524,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--eager", type=int, default=1, help="1: --enforce-eager (no CUDA graphs; faster start)")
+    ap.add_argument("--prefix-caching", type=int, default=1,
+                    help="0: --no-enable-prefix-caching, so that every path does the same prefill work (random "
+                         "weights' replies do not re-tokenize to the tokens generated, which only the replay escapes)")
     ap.add_argument("--phases", default=",".join(ALL_PHASES))
     ap.add_argument("--mxc-arg", action="append", default=[], help="extra `mxc run` argument (repeatable), "
                     "e.g. --mxc-arg=--replicas --mxc-arg=teacher=2")
