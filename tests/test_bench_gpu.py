@@ -133,3 +133,41 @@ def test_pack_and_unpack(tmp_path):
     for name in blobs:
         got = (dest / Path(name).name).read_bytes()
         assert hashlib.sha256(got).digest() == hashlib.sha256((g / name).read_bytes()).digest()
+
+
+def test_keep_server_is_adopted_by_the_next_call(tmp_path):
+    """--keep-server leaves the server running for the next device call, which adopts it (no second
+    start) and stops it at its end."""
+    import os
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")        # never read under SIM=1
+    env = {**os.environ, "SIM": "1", "MX_BENCH_PORT": str(port)}
+
+    def bench(*extra: str) -> dict:
+        out = tmp_path / f"out{len(extra)}"
+        r = subprocess.run([sys.executable, str(GPU / "bench.py"), "--model", "llama8b", "--tokenizer", str(tok),
+                            "--out", str(out), "--work", str(tmp_path / "work"), "--rows", "4",
+                            "--phases", "server", *extra], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return json.loads((out / "gpu_llama8b.json").read_text())["phases"]["server"]
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return True
+        except OSError:
+            return False
+
+    first = bench("--keep-server")
+    assert first["status"] == "ok" and not first.get("adopted")
+    assert up()
+    second = bench()
+    assert second["status"] == "ok" and second.get("adopted") is True
+    assert not up()

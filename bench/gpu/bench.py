@@ -256,6 +256,9 @@ class Bench:
             cmd = [PY, *entry, str(self.dir), "--served-model-name", "bench",
                    ALIAS, "--host", "127.0.0.1", "--port", str(PORT), *self.engine_flags(),
                    "--disable-uvicorn-access-log"]
+        adopted = self.adopt_server(cmd)
+        if adopted:
+            return adopted
         for attempt in range(2):
             log("server:", " ".join(cmd))
             with open(logf, "w") as f:
@@ -267,6 +270,7 @@ class Bench:
                     urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2)
                     up = time.time() - t0
                     self.note_log("server-start", logf, 15)
+                    (self.work / "server.json").write_text(json.dumps({"pid": self.server.pid, "cmd": cmd}) + "\n")
                     return {"up_s": round(up, 1), "cmd": " ".join(cmd)}
                 except Exception:  # noqa: BLE001 - not up yet
                     pass
@@ -280,6 +284,25 @@ class Bench:
                 continue
             break
         raise RuntimeError("the server did not come up (see logs)")
+
+    def adopt_server(self, cmd: list[str]) -> dict | None:
+        """The server an earlier call left running (--keep-server), when it was started with the same
+        command and still answers: a device call that follows within the machine's idle time skips
+        the server's start (61-97 s on the H200)."""
+        try:
+            rec = json.loads((self.work / "server.json").read_text())
+            os.kill(rec["pid"], 0)
+            if rec["cmd"] != cmd:
+                log("server: the running one has another command; restarting")
+                os.killpg(rec["pid"], signal.SIGTERM)
+                time.sleep(5)
+                return None
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2)
+        except Exception:  # noqa: BLE001 - none to adopt
+            return None
+        self.server = Adopted(rec["pid"])
+        log(f"server: adopted pid {rec['pid']} (left running by an earlier call)")
+        return {"up_s": 0.0, "adopted": True, "cmd": " ".join(cmd)}
 
     def stop_server(self) -> None:
         if self.server and self.server.poll() is None:
@@ -479,7 +502,10 @@ class Bench:
             for name in ALL_PHASES:
                 self.phase(name, getattr(self, f"p_{name}"))
         finally:
-            self.stop_server()
+            if self.a.keep_server and self.server is not None and self.server.poll() is None:
+                log(f"server: left running (pid {self.server.pid}) for the next call")
+            else:
+                self.stop_server()
             if self.mon and self.mon.poll() is None:
                 self.mon.terminate()
             if self.gpu_csv.is_file():
@@ -488,6 +514,29 @@ class Bench:
             self.res["finished"] = time.time()
             self.save()
             log("summary:", json.dumps(self.res["summary"]))
+        return 0
+
+
+class Adopted:
+    """A server process this script did not start (its own process group): enough of Popen for
+    stop_server and need_server."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return 0
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        t0 = time.time()
+        while self.poll() is None:
+            if timeout is not None and time.time() - t0 > timeout:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.5)
         return 0
 
 
@@ -528,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--eager", type=int, default=1, help="1: --enforce-eager (no CUDA graphs; faster start)")
+    ap.add_argument("--keep-server", action="store_true",
+                    help="leave the OpenAI server running at the end; a later call with the same server "
+                         "command adopts it instead of starting one (within the device machine's idle time)")
     ap.add_argument("--prefix-caching", type=int, default=1,
                     help="0: --no-enable-prefix-caching, so that every path does the same prefill work (random "
                          "weights' replies do not re-tokenize to the tokens generated, which only the replay escapes)")
