@@ -35,7 +35,9 @@ class Message:
     """docs/ir.md "The orchestrator message". Picklable; `position` is the 0-based input position.
 
     `history` entries are `{"agent", "text"}` inline or `{"agent", "ref", "bytes", "preview"}` when the
-    Ray layer has offloaded the text; `values[AGENT]` is `{"entry": history index, EXTRACT..., "exit_code"}`.
+    Ray layer has offloaded the text; a `vllm` model's reply entry also has `token_ids` (its generated
+    ids, packed int32 bytes) and `tokenizer` (docs/vllm.md "Token-exact histories"; never in the output,
+    dropped when the text is offloaded); `values[AGENT]` is `{"entry": history index, EXTRACT..., "exit_code"}`.
     A finished message has `status` ok/failed/error and `state` "end" (ok) or "fail" (otherwise).
 
     `id_from` says where `id` comes from: "field" (the row's own id), "position" (the row has no usable
