@@ -183,11 +183,7 @@ class VLLMServer:
     async def chat(self, request: dict) -> dict:
         """One chat completion; see the module docstring for the request and reply."""
         try:
-            messages = request["messages"]
-            ids = self._spliced(messages)
-            if ids is None:
-                text = render_prompt(self.tokenizer, plain_messages(messages))
-                ids = self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self.prompt_ids(request["messages"])
             kwargs = sampling_kwargs(dict(request.get("params") or {}), self._allowed)
             if len(ids) >= self.max_model_len:
                 raise ValueError(f"the prompt is {len(ids)} tokens; max_model_len is {self.max_model_len}")
@@ -221,16 +217,17 @@ class VLLMServer:
                 "finish_reason": choice.finish_reason, "replica": self.replica,
                 "token_ids": self._reply_ids(choice), "tokenizer": self.tokenizer_id}
 
-    def _spliced(self, messages: list[dict]) -> list[int] | None:
-        """The prompt ids with history ids spliced in, or None (no usable ids: render the text)."""
-        if not any(m.get("token_ids") is not None for m in messages):
-            return None
-        ids = splice_prompt_ids(self.tokenizer, messages, self.tokenizer_id)
-        if ids is None:
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt's token ids: history ids spliced in where messages carry this tokenizer's, else
+        the rendered text encoded."""
+        if any(m.get("token_ids") is not None for m in messages):
+            ids = splice_prompt_ids(self.tokenizer, messages, self.tokenizer_id)
+            if ids is not None:
+                self.spliced += 1
+                return ids
             self.unspliced += 1
-        else:
-            self.spliced += 1
-        return ids
+        text = render_prompt(self.tokenizer, plain_messages(messages))
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _reply_ids(self, choice: Any) -> bytes | None:
         """The generated ids to keep with the reply: None when a stop string cut the text (the ids
