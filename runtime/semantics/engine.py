@@ -371,7 +371,7 @@ class Engine:
             messages.append({"role": "system", "content": self._render(spec.system, scope, seed_key, "system")})
         if spec.history:
             name = spec.name
-            exact = self.model_backend(spec.model) == "vllm"  # type: ignore[arg-type]
+            exact = self.models[spec.model].backend == "vllm"  # type: ignore[index]
             for i, e in enumerate(msg.history):
                 m = {"role": "assistant" if e["agent"] == name else "user", "content": scope.text(i)}
                 if exact and "token_ids" in e:
@@ -395,7 +395,7 @@ class Engine:
         name = spec.name
         entry = len(msg.history)
         e = {"agent": name, "text": reply.text}
-        if reply.token_ids is not None and self.model_backend(spec.model) == "vllm":  # type: ignore[arg-type]
+        if reply.token_ids is not None and spec.model and self.models[spec.model].backend == "vllm":
             e["token_ids"], e["tokenizer"] = reply.token_ids, reply.tokenizer
         msg.history.append(e)
         try:
