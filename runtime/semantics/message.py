@@ -10,6 +10,7 @@ from typing import Any
 RUNNING, OK, FAILED, ERROR = "running", "ok", "failed", "error"
 FINISHED_STATUSES = frozenset((OK, FAILED, ERROR))
 ID_FIELD, ID_POSITION, ID_DUPLICATE = "field", "position", "duplicate"   # where a row's id comes from
+RUNTIME_KEYS = frozenset(("token_ids", "tokenizer"))   # history-entry keys outside the message schema
 
 
 def id_key(row_id: Any) -> Hashable:
@@ -76,12 +77,13 @@ class Message:
         return self.status != RUNNING
 
     def to_dict(self) -> dict[str, Any]:
-        """The message as plain JSON-able data (the shape of the IR's message_schema, plus position)."""
+        """The message as plain JSON-able data (the shape of the IR's message_schema, plus position):
+        history entries without the runtime's ``token_ids`` and ``tokenizer``."""
         return {
             "id": self.id, "row": self.row, "state": self.state, "status": self.status,
             "reason": self.reason, "detail": self.detail, "steps": self.steps,
             "visits": dict(self.visits), "values": {k: dict(v) for k, v in self.values.items()},
-            "history": [dict(e) for e in self.history],
+            "history": [{k: v for k, v in e.items() if k not in RUNTIME_KEYS} for e in self.history],
             "usage": {k: dict(v) for k, v in self.usage.items()},
             "timing": dict(self.timing), "attempt": self.attempt, "position": self.position,
             "id_from": self.id_from, "trial": self.trial, "driver": self.driver,

@@ -88,6 +88,10 @@ def test_history_entries_keep_vllm_ids_and_output_rows_do_not():
     text = json.dumps(row, default=repr)
     assert "token_ids" not in text and "tokenizer" not in text
     assert row["transcript"][0] == {"agent": "writer", "text": "text 0"} and row["last"]["text"] == "verdict"
+    d = msg.to_dict()                             # the message schema's view: no runtime keys
+    assert [set(e) for e in d["history"]] == [{"agent", "text"}] * 5
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator(eng.ir["message_schema"]).validate(d)
 
 
 
