@@ -119,6 +119,14 @@ class _Final(Exception):
 
 
 
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """The messages as an OpenAI server takes them: without the Serve path's ``token_ids`` and
+    ``tokenizer`` keys (the engine adds them only for ``vllm`` models; this keeps them off the wire)."""
+    if not any("token_ids" in m or "tokenizer" in m for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if k not in ("token_ids", "tokenizer")} for m in messages]
+
+
 def completion_prompt(messages: list[dict]) -> str:
     """The text a ``api = "completions"`` model is sent: the agent's conversation as it would go to a
     chat model (system, earlier steps, prompt), each message's content in order, a blank line apart."""
@@ -372,8 +380,9 @@ class OpenAIClient:
 
     async def chat(self, messages: list[dict], *, params: Mapping | None = None, key: Hashable | None = None,
                    sim: dict | None = None, prompt_tokens: int | None = None) -> Reply:
-        """One chat completion (POST /chat/completions)."""
-        body = {"model": self.spec.name, "messages": messages, **(params or self.spec.params)}
+        """One chat completion (POST /chat/completions). Messages are sent as ``{role, content}``: the
+        ``token_ids`` a ``vllm`` model's history may carry are not for OpenAI servers."""
+        body = {"model": self.spec.name, "messages": openai_messages(messages), **(params or self.spec.params)}
         return await self._complete("/chat/completions", body, key, sim, prompt_tokens, chat=True)
 
     async def completion(self, prompt: str, *, params: Mapping | None = None, key: Hashable | None = None,

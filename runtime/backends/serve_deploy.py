@@ -20,7 +20,8 @@ One Serve application per ``vllm`` model, named ``app_name(ir, model)`` (``mx-<w
 - ``VLLM_*`` variables of the deploying process's environment are set in the replicas (for example
   ``VLLM_CPU_KVCACHE_SPACE``).
 
-Agents call ``ServeClient.call(LLMCall)``: the request goes through a Serve handle (Serve routes it to
+Agents call ``ServeClient.call(LLMCall)`` (the messages may carry the ``token_ids`` of earlier replies
+of the model, which the replica splices into the prompt; the reply brings its own, see ``vllm_serve``): the request goes through a Serve handle (Serve routes it to
 the replica with the fewest requests of two sampled, power of two choices); failures of the replica or
 of Serve are retried with backoff, a request vLLM refuses (prompt longer than ``max_model_len``, a bad
 sampling parameter) fails at once with the reason (``openai_client.ModelCallError``).
@@ -382,7 +383,8 @@ class ServeClient:
                 st.ok += 1
                 rep = str(out.get("replica"))
                 st.by_replica[rep] = st.by_replica.get(rep, 0) + 1
-                return Reply(out["text"], int(out["prompt_tokens"]), int(out["completion_tokens"]))
+                return Reply(out["text"], int(out["prompt_tokens"]), int(out["completion_tokens"]),
+                             token_ids=out.get("token_ids"), tokenizer=out.get("tokenizer"))
             st.errors[kind] = st.errors.get(kind, 0) + 1
             if attempt + 1 < attempts:
                 st.retries += 1

@@ -6,19 +6,27 @@ options and the engine arguments from the IR and deploys one Serve application p
 
 A replica answers ``chat(request)`` with a plain dict:
 
-- request: ``{"messages": [{"role", "content"}, ...], "params": {...}, "request_id": str}``;
-  ``params`` are the call's sampling settings (OpenAI names: ``max_tokens``, ``temperature``, ``top_p``,
+- request: ``{"messages": [{"role", "content"}, ...], "params": {...}, "request_id": str}``; a message
+  may also carry ``token_ids`` (:func:`pack_ids` bytes) and ``tokenizer`` (a replica's ``tokenizer_id``):
+  the exact ids of a reply of this model, spliced into the prompt (below); ``params`` are the call's
+  sampling settings (OpenAI names: ``max_tokens``, ``temperature``, ``top_p``,
   ``stop``, ``seed``, ``presence_penalty``, ``frequency_penalty``; any other ``SamplingParams`` field
   is passed through).
-- reply: ``{"text", "prompt_tokens", "completion_tokens", "finish_reason", "replica"}``, or
+- reply: ``{"text", "prompt_tokens", "completion_tokens", "finish_reason", "replica", "token_ids",
+  "tokenizer"}`` (``token_ids``: the generated ids as :func:`pack_ids` bytes, without a final end-of-
+  sequence token, or None when they do not stand for the text: a stop string cut it), or
   ``{"error": why, "final": True}`` when the request itself is unusable (a prompt longer than
   ``max_model_len``, an unknown sampling parameter, a chat template that fails): retrying cannot help,
   so the caller ends the row as ``error`` with that reason. Engine failures raise: the caller retries
   (on another replica) and Serve's health check (``check_health``) replaces the dead replica.
 
 The prompt is the model's chat template applied to the messages (``add_generation_prompt``), or, for
-a tokenizer without a template, ``role: content`` lines. Token counts are the engine's own: the
-prompt's token ids and the generated ids.
+a tokenizer without a template, ``role: content`` lines. Token-exact histories (docs/vllm.md): a
+message with ``token_ids`` of this replica's ``tokenizer_id`` is rendered as a sentinel, and the ids
+are spliced in where the sentinel is (:func:`splice_prompt_ids`), so the prompt of an agent's next call
+starts with the ids of its last prompt and reply and vLLM's prefix cache hits; re-tokenizing the reply's
+text would not give back the same ids. Token counts are the engine's own: the prompt's token ids and
+the generated ids.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import time
+import uuid
+from array import array
 from typing import Any
 
 # OpenAI request fields that are not sampling settings (dropped), and renamed ones.
@@ -84,6 +95,63 @@ def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
     return "\n".join([*lines, "assistant:"])
 
 
+def pack_ids(ids: Any) -> bytes:
+    """Token ids as compact bytes (little-endian int32), the form they travel and are kept in."""
+    a = array("i", ids)
+    if sys.byteorder != "little":   # pragma: no cover - big-endian hosts
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_ids(data: bytes) -> list[int]:
+    """Inverse of :func:`pack_ids`."""
+    a = array("i")
+    a.frombytes(data)
+    if sys.byteorder != "little":   # pragma: no cover
+        a.byteswap()
+    return a.tolist()
+
+
+def splice_prompt_ids(tokenizer: Any, messages: list[dict], tokenizer_id: str) -> list[int] | None:
+    """The prompt ids with the exact ``token_ids`` of the messages that carry them for ``tokenizer_id``:
+    the template is rendered with a unique sentinel as each such message's content, the text between
+    sentinels is encoded (no special tokens added: the template writes them) and the ids go in between.
+    None when no message has usable ids, or when the template does not put each sentinel exactly once,
+    in order (the caller then renders the text as usual)."""
+    marks: dict[int, str] = {}
+    nonce = uuid.uuid4().hex
+    for i, m in enumerate(messages):
+        if m.get("token_ids") is not None and m.get("tokenizer") == tokenizer_id:
+            marks[i] = f"\u27e6mx{nonce}:{i}\u27e7"
+    if not marks:
+        return None
+    plain = [{"role": m["role"], "content": marks.get(i, m["content"])} for i, m in enumerate(messages)]
+    try:
+        text = render_prompt(tokenizer, plain)
+    except Exception:  # noqa: BLE001 - a template that chokes on the sentinel: the text path decides
+        return None
+    ids: list[int] = []
+    pos = 0
+    for i, mark in marks.items():
+        at = text.find(mark, pos)
+        if at < 0 or text.count(mark) != 1:
+            return None
+        if at > pos:
+            ids += tokenizer.encode(text[pos:at], add_special_tokens=False)
+        ids += unpack_ids(messages[i]["token_ids"])
+        pos = at + len(mark)
+    if pos < len(text):
+        ids += tokenizer.encode(text[pos:], add_special_tokens=False)
+    return ids
+
+
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """The messages without the splicing keys (what the chat template sees on the text path)."""
+    if not any("token_ids" in m for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if k not in ("token_ids", "tokenizer")} for m in messages]
+
+
 class VLLMServer:
     """One Serve replica: an async vLLM engine (see the module docstring)."""
 
@@ -102,18 +170,20 @@ class VLLMServer:
         self.model = model
         self.engine = engine_cls.from_engine_args(args_cls(**engine_kwargs))
         self.tokenizer = self.engine.get_tokenizer()
+        self.tokenizer_id = str(engine_kwargs.get("tokenizer") or engine_kwargs["model"])
+        self.eos_ids = _eos_ids(self.tokenizer, self.engine)
         self.max_model_len = int(self.engine.model_config.max_model_len)
         self.start_s = time.monotonic() - t0
         self.replica = _replica_id()
         self._ids = itertools.count()
         self.served = self.failed = self.rejected = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.spliced = self.unspliced = 0      # calls with history ids spliced in / ids given but not usable
 
     async def chat(self, request: dict) -> dict:
         """One chat completion; see the module docstring for the request and reply."""
         try:
-            text = render_prompt(self.tokenizer, request["messages"])
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self.prompt_ids(request["messages"])
             kwargs = sampling_kwargs(dict(request.get("params") or {}), self._allowed)
             if len(ids) >= self.max_model_len:
                 raise ValueError(f"the prompt is {len(ids)} tokens; max_model_len is {self.max_model_len}")
@@ -144,7 +214,31 @@ class VLLMServer:
         self.prompt_tokens += ptok
         self.completion_tokens += ctok
         return {"text": choice.text, "prompt_tokens": ptok, "completion_tokens": ctok,
-                "finish_reason": choice.finish_reason, "replica": self.replica}
+                "finish_reason": choice.finish_reason, "replica": self.replica,
+                "token_ids": self._reply_ids(choice), "tokenizer": self.tokenizer_id}
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt's token ids: history ids spliced in where messages carry this tokenizer's, else
+        the rendered text encoded."""
+        if any(m.get("token_ids") is not None for m in messages):
+            ids = splice_prompt_ids(self.tokenizer, messages, self.tokenizer_id)
+            if ids is not None:
+                self.spliced += 1
+                return ids
+            self.unspliced += 1
+        text = render_prompt(self.tokenizer, plain_messages(messages))
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _reply_ids(self, choice: Any) -> bytes | None:
+        """The generated ids to keep with the reply: None when a stop string cut the text (the ids
+        would say more than the text); a final end-of-sequence id is dropped (the template closes the
+        turn with its own end token)."""
+        if isinstance(getattr(choice, "stop_reason", None), str):
+            return None
+        ids = list(choice.token_ids)
+        if choice.finish_reason == "stop" and ids and ids[-1] in self.eos_ids:
+            ids.pop()
+        return pack_ids(ids)
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is dead."""
@@ -155,7 +249,8 @@ class VLLMServer:
         return {"replica": self.replica, "pid": os.getpid(), "model": self.model,
                 "max_model_len": self.max_model_len, "engine_start_s": self.start_s, "cpu_bind": self.cpu_bind,
                 "served": self.served, "failed": self.failed, "rejected": self.rejected,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "tokenizer": self.tokenizer_id, "spliced": self.spliced, "unspliced": self.unspliced}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -172,6 +267,20 @@ def cpu_binding(cores: list[int], local_rank: int, cpus_per_worker: int, workers
     start = local_rank * cpus_per_worker * workers
     return "|".join(",".join(str(cores[(start + w * cpus_per_worker + j) % n]) for j in range(cpus_per_worker))
                     for w in range(workers))
+
+
+def _eos_ids(tokenizer: Any, engine: Any) -> frozenset[int]:
+    """The ids that end a generation: the tokenizer's end-of-sequence id and the model's generation
+    config ones (what vLLM stops on without ``ignore_eos``)."""
+    out = set()
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        out.add(eos)
+    with contextlib.suppress(Exception):   # a model without a generation config
+        gen = engine.model_config.try_get_generation_config() or {}
+        more = gen.get("eos_token_id")
+        out.update([more] if isinstance(more, int) else (more or []))
+    return frozenset(out)
 
 
 def _local_rank() -> int:

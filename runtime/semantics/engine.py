@@ -70,12 +70,16 @@ class ToolCall:
 
 @dataclass(slots=True)
 class Reply:
-    """A step's result: the reply text (a tool's output), token usage and, for tools, the exit code."""
+    """A step's result: the reply text (a tool's output), token usage and, for tools, the exit code.
+    A ``vllm`` model's reply also has its generated ``token_ids`` (packed int32 bytes) and the
+    ``tokenizer`` they belong to (docs/vllm.md "Token-exact histories")."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     exit_code: int | None = None
+    token_ids: bytes | None = None
+    tokenizer: str | None = None
 
 
 @dataclass(slots=True)
@@ -367,8 +371,12 @@ class Engine:
             messages.append({"role": "system", "content": self._render(spec.system, scope, seed_key, "system")})
         if spec.history:
             name = spec.name
+            exact = self.models[spec.model].backend == "vllm"  # type: ignore[index]
             for i, e in enumerate(msg.history):
-                messages.append({"role": "assistant" if e["agent"] == name else "user", "content": scope.text(i)})
+                m = {"role": "assistant" if e["agent"] == name else "user", "content": scope.text(i)}
+                if exact and "token_ids" in e:
+                    m["token_ids"], m["tokenizer"] = e["token_ids"], e["tokenizer"]
+                messages.append(m)
         if spec.prompt is not None:
             messages.append({"role": "user", "content": self._render(spec.prompt, scope, seed_key, "prompt")})
         sim_text, sim_tokens = None, 0
@@ -386,7 +394,10 @@ class Engine:
         spec = self._running_agent(msg)
         name = spec.name
         entry = len(msg.history)
-        msg.history.append({"agent": name, "text": reply.text})
+        e = {"agent": name, "text": reply.text}
+        if reply.token_ids is not None and spec.model and self.models[spec.model].backend == "vllm":
+            e["token_ids"], e["tokenizer"] = reply.token_ids, reply.tokenizer
+        msg.history.append(e)
         try:
             vals = spec.extractor.run(reply.text)
         except RegexTimeout as e:

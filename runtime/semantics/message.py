@@ -10,6 +10,7 @@ from typing import Any
 RUNNING, OK, FAILED, ERROR = "running", "ok", "failed", "error"
 FINISHED_STATUSES = frozenset((OK, FAILED, ERROR))
 ID_FIELD, ID_POSITION, ID_DUPLICATE = "field", "position", "duplicate"   # where a row's id comes from
+RUNTIME_KEYS = frozenset(("token_ids", "tokenizer"))   # history-entry keys outside the message schema
 
 
 def id_key(row_id: Any) -> Hashable:
@@ -35,7 +36,9 @@ class Message:
     """docs/ir.md "The orchestrator message". Picklable; `position` is the 0-based input position.
 
     `history` entries are `{"agent", "text"}` inline or `{"agent", "ref", "bytes", "preview"}` when the
-    Ray layer has offloaded the text; `values[AGENT]` is `{"entry": history index, EXTRACT..., "exit_code"}`.
+    Ray layer has offloaded the text; a `vllm` model's reply entry also has `token_ids` (its generated
+    ids, packed int32 bytes) and `tokenizer` (docs/vllm.md "Token-exact histories"; never in the output,
+    dropped when the text is offloaded); `values[AGENT]` is `{"entry": history index, EXTRACT..., "exit_code"}`.
     A finished message has `status` ok/failed/error and `state` "end" (ok) or "fail" (otherwise).
 
     `id_from` says where `id` comes from: "field" (the row's own id), "position" (the row has no usable
@@ -74,12 +77,13 @@ class Message:
         return self.status != RUNNING
 
     def to_dict(self) -> dict[str, Any]:
-        """The message as plain JSON-able data (the shape of the IR's message_schema, plus position)."""
+        """The message as plain JSON-able data (the shape of the IR's message_schema, plus position):
+        history entries without the runtime's ``token_ids`` and ``tokenizer``."""
         return {
             "id": self.id, "row": self.row, "state": self.state, "status": self.status,
             "reason": self.reason, "detail": self.detail, "steps": self.steps,
             "visits": dict(self.visits), "values": {k: dict(v) for k, v in self.values.items()},
-            "history": [dict(e) for e in self.history],
+            "history": [{k: v for k, v in e.items() if k not in RUNTIME_KEYS} for e in self.history],
             "usage": {k: dict(v) for k, v in self.usage.items()},
             "timing": dict(self.timing), "attempt": self.attempt, "position": self.position,
             "id_from": self.id_from, "trial": self.trial, "driver": self.driver,

@@ -109,9 +109,11 @@ def expected_prompt_tokens(tok, row: dict, topic: str) -> dict[str, int]:
     return out
 
 
-def check_rows(out_path: Path, ids: list[str], tok, topics: dict[str, str]) -> dict:
+def check_rows(out_path: Path, ids: list[str], tok, topics: dict[str, str], exact_ids: bool = False) -> dict:
     """Every row written once; ok rows did 4 steps with exact prompt tokens and bounded completions;
-    the long row is an error naming max_model_len. Returns totals."""
+    the long row is an error naming max_model_len. Returns totals. ``exact_ids``: the Serve path splices
+    the replies' own ids into later prompts (docs/vllm.md "Token-exact histories"), which the rows'
+    text cannot recount: prompt tokens are then checked against the replicas' counters only."""
     rows = [json.loads(x) for x in out_path.read_text().splitlines()]
     assert sorted(r["_meta"]["id"] for r in rows) == sorted(ids)
     totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -129,7 +131,7 @@ def check_rows(out_path: Path, ids: list[str], tok, topics: dict[str, str]) -> d
         want = expected_prompt_tokens(tok, r, topics[meta["id"]])
         for agent, u in meta["usage"].items():
             assert u["calls"] == 2
-            assert u["prompt_tokens"] == want[agent], (agent, u, want)
+            assert u["prompt_tokens"] == want[agent] or exact_ids and u["prompt_tokens"] > 0, (agent, u, want)
             assert 2 <= u["completion_tokens"] <= 2 * MAX_TOKENS[agent]
             totals["calls"] += u["calls"]
             totals["prompt_tokens"] += u["prompt_tokens"]
@@ -192,7 +194,7 @@ class TestServeDeployment:
         _, ir, _ = served
         before = sd.replica_infos(ir, "tiny")
         ids, topics, out, summary, wall = run_workflow(ir, tmp_path, "vllm-serve")
-        totals = check_rows(out, ids, tokenizer, topics)
+        totals = check_rows(out, ids, tokenizer, topics, exact_ids=True)
         assert summary["rows"] == ROWS + 1
         assert summary["by_status"] == {"ok": ROWS, "error": 1}
         assert summary["tokens"] == totals["completion_tokens"]
@@ -200,10 +202,11 @@ class TestServeDeployment:
         after = sd.replica_infos(ir, "tiny")
         assert len(after) == 2 and set(after) == set(before)
         delta = {k: sum(after[r][k] - before[r][k] for r in after)
-                 for k in ("served", "rejected", "prompt_tokens", "completion_tokens")}
+                 for k in ("served", "rejected", "prompt_tokens", "completion_tokens", "spliced", "unspliced")}
         # the replicas served exactly the rows' calls, and counted the same tokens
+        # every call with history (writer's second, both critic calls) spliced the earlier replies' ids
         assert delta == {"served": totals["calls"], "rejected": 1, "prompt_tokens": totals["prompt_tokens"],
-                         "completion_tokens": totals["completion_tokens"]}
+                         "completion_tokens": totals["completion_tokens"], "spliced": 3 * ROWS, "unspliced": 0}
         # routing: both replicas took calls
         assert all(after[r]["served"] > before[r]["served"] for r in after), after
         assert all(info["max_model_len"] == MAX_MODEL_LEN for info in after.values())
