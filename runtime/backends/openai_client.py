@@ -124,6 +124,94 @@ def completion_prompt(messages: list[dict]) -> str:
     chat model (system, earlier steps, prompt), each message's content in order, a blank line apart."""
     return "\n\n".join(m["content"] for m in messages)
 
+# ---- the request body ------------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # json.dumps(x, those args)
+_escape = json.encoder.encode_basestring          # what that encoder writes for a string
+_MESSAGE_KEYS = {"role": b'"role":', "content": b'"content":'}
+ENCODED_MIN = 256                       # texts at least this long are kept encoded (EncodedTexts)
+
+
+class EncodedTexts:
+    """The JSON encodings (UTF-8) of the long texts a client sends, kept while they are sent again: a
+    conversation's history goes out whole at every step, and escaping it again each time was most of
+    the JSON cost of a call. Two generations of at most ``max_chars`` characters each: a text found
+    in the older one moves to the newer, and when the newer is full the older is dropped, so a text
+    stays while some row's steps keep sending it (it is sent again long before a generation fills)."""
+
+    __slots__ = ("max_chars", "_new", "_old", "_chars", "hits", "misses")
+
+    def __init__(self, max_chars: int = 2_000_000) -> None:
+        self.max_chars = max_chars
+        self._new: dict[str, bytes] = {}
+        self._old: dict[str, bytes] = {}
+        self._chars = 0
+        self.hits = self.misses = 0
+
+    def get(self, text: str) -> bytes:
+        """``json.dumps(text, ensure_ascii=False).encode()``; UnicodeEncodeError as it raises (a lone
+        surrogate)."""
+        b = self._new.get(text)
+        if b is not None:
+            self.hits += 1
+            return b
+        b = self._old.pop(text, None)
+        if b is None:
+            self.misses += 1
+            b = _escape(text).encode()
+        else:
+            self.hits += 1
+        if self._chars + len(text) > self.max_chars:
+            self._old, self._new, self._chars = self._new, {}, 0
+        self._new[text] = b
+        self._chars += len(text)
+        return b
+
+
+def _encode_message(m: Any, texts: EncodedTexts) -> bytes:
+    if type(m) is not dict:
+        return _dumps(m).encode()
+    items = []
+    for k, v in m.items():
+        key = _MESSAGE_KEYS.get(k) if type(k) is str else None
+        if key is None:
+            if type(k) is not str:
+                return _dumps(m).encode()
+            key = (_escape(k) + ":").encode()
+        if type(v) is str:
+            items.append(key + (texts.get(v) if len(v) >= ENCODED_MIN else _escape(v).encode()))
+        else:
+            items.append(key + _dumps(v).encode())
+    return b"{" + b",".join(items) + b"}"
+
+
+_MESSAGE_HEADS = {r: b'{"role":"%s","content":' % r.encode() for r in ("system", "user", "assistant")}
+
+
+def encode_body(body: Mapping[str, Any], texts: EncodedTexts) -> bytes:
+    """``json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()``, byte for byte, with the
+    long texts of ``body["messages"]`` taken from ``texts``."""
+    parts = []
+    for k, v in body.items():
+        if type(k) is not str:
+            return _dumps(body).encode()
+        if k == "messages" and type(v) is list:
+            out = []
+            for m in v:      # the usual message, {"role": ..., "content": "..."} in that order, inline
+                if type(m) is dict and len(m) == 2 and next(iter(m)) == "role":
+                    r, c = m["role"], m.get("content")
+                    head = _MESSAGE_HEADS.get(r) if type(r) is str else None
+                    if head is not None and type(c) is str:
+                        out.append(head + (texts.get(c) if len(c) >= ENCODED_MIN else _escape(c).encode()) + b"}")
+                        continue
+                out.append(_encode_message(m, texts))
+            val = b"[" + b",".join(out) + b"]"
+        else:
+            val = _dumps(v).encode()
+        parts.append((_escape(k) + ":").encode() + val)
+    return b"{" + b",".join(parts) + b"}"
+
+
 @dataclass(slots=True)
 class OpenAIModel:
     """One IR model with ``backend = "openai"``, resolved for calling (picklable)."""
@@ -350,6 +438,7 @@ class OpenAIClient:
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.rng = rng or random.Random()
         self.stats = ClientStats()
+        self.texts = EncodedTexts()            # the histories' texts, encoded once
         self._up = False                       # some endpoint has answered a call
         self._last_ok: float | None = None     # when a call last succeeded (the pool's clock)
         self.limits = ([AdaptiveLimit(max(1, spec.max_limit), clock=self.pool.clock) for _ in spec.urls]
@@ -397,7 +486,7 @@ class OpenAIClient:
             body["mx_sim"] = sim
         if body.get("stream"):
             body.setdefault("stream_options", {"include_usage": True})
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        data = encode_body(body, self.texts)
         st = self.stats
         st.calls += 1
         tried: list[Endpoint] = []
