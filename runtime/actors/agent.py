@@ -159,7 +159,7 @@ class AgentActor(Routing):
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
         if not routed:
-            self.held.release(key)
+            self._release(key)
 
     async def _bounded_step(self, msg: Message) -> bool:
         async with self.roles[msg.state].sem:

@@ -96,6 +96,13 @@ class ServiceCalls:
         self.clients: dict = {}                            # model → OpenAIClient | ServeClient
         self.errors = 0
 
+    def forget(self, key: Hashable) -> None:
+        """Row ``key`` has left this actor: drop what the clients keep for it."""
+        for client in self.clients.values():
+            forget = getattr(client, "forget", None)
+            if forget is not None:
+                forget(key)
+
     def serves(self, model: str) -> bool:
         """Whether ``model`` is called here (not on the sim service)."""
         return model in self.openai or model in self.vllm

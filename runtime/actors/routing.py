@@ -140,6 +140,12 @@ class Routing:
         self.outbox.send((TO_OUTPUT, name), self.handles.get(name), item)
         return True
 
+    def _release(self, key: Hashable) -> None:
+        """Let go of one copy of a row; once none is held, the row has left this actor: its model
+        clients forget it (its encoded texts)."""
+        if self.held.release(key):
+            self.services.forget(key)
+
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         kind = dest[0]
         if self._reroutes:
@@ -147,10 +153,10 @@ class Routing:
                 self._reroutes.pop(id(item), None)
         if kind == TO_AGENT:
             for msg in batch:
-                self.held.release(msg.key)
+                self._release(msg.key)
         elif kind == TO_OUTPUT:
             for key, _, _ in batch:
-                self.held.release(key)
+                self._release(key)
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
@@ -170,7 +176,7 @@ class Routing:
             if tries > 10:
                 self._reroutes.pop(id(item), None)
                 self.dropped += 1
-                self.held.release(key)          # the driver's lost-row scan re-admits it
+                self._release(key)              # the driver's lost-row scan re-admits it
                 continue
             self._reroutes[id(item)] = tries
             if isinstance(item, Message) and dest[0] == TO_AGENT:

@@ -440,13 +440,34 @@ def test_the_request_body_is_json_dumps_byte_for_byte_with_texts_encoded_once():
         {"model": "m", "messages": [{"content": long, "role": "user"}, {"role": ["odd"], "content": long},
                                     {"role": "tool", "content": long}, {"role": "user", "content": None}]},
         {"model": "m", "prompt": long, "messages": "not a list"},
+        {"messages": []}, {},
     ]
-    texts = EncodedTexts(max_chars=3000)     # small: generations turn over within these bodies
-    for _ in range(3):                       # the second and third time, from the encoded texts
+    texts = EncodedTexts()
+    for _ in range(2):                       # the second time, from the encoded texts
         for body in bodies:
             assert encode_body(body, texts) == _plain_body(body)
-    assert texts.hits > 0 and texts.misses > 0
-    assert len(texts._new) + len(texts._old) <= 1 + 3000 // 256 * 2
+    assert set(texts) == {long, *(other + str(i) for i in (0, 3, 6))}   # the long texts only
+
+
+def test_a_client_keeps_a_rows_encoded_texts_until_it_forgets_the_row():
+    async def main():
+        async with servers() as (_, urls):
+            c = OpenAIClient(spec(urls, max_limit=2))
+            history = [{"role": "user", "content": "word " * 100}]
+            for key in ("r1", "r2", "r1"):
+                reply = await c.chat(MSGS + history, key=key)
+                history.append({"role": "assistant", "content": reply.text + " " + "more " * 60})
+            assert c.rows_kept() == 2
+            c.forget("r1")
+            c.forget("r9")                   # never seen: nothing to drop
+            assert c.rows_kept() == 1
+            await c.chat(MSGS, key=None)     # no row: nothing kept
+            assert c.rows_kept() == 1
+            for i in range(5000):            # rows never forgotten: kept up to a bound, then dropped
+                c._texts_of(f"x{i}")
+            assert c.rows_kept() <= 4096
+
+    asyncio.run(main())
 
 
 def test_a_lone_surrogate_in_a_message_fails_as_json_dumps_does():
