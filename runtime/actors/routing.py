@@ -94,10 +94,15 @@ class Routing:
             raise LookupError(f"offloaded texts {keys} are not in the store")
         return texts
 
+    def _hosted_here(self, msg: Message) -> bool:
+        """Whether the message's next role is hosted by this replica (co-location; not in central mode)."""
+        return msg.state in self.roles and not self.topo.central
+
     def _route(self, msg: Message) -> None:
-        """Send a running message on: in place when its next role is hosted here, else to a replica of
-        that role (or to the coordinator). Handed over in place, the message keeps this actor's hold."""
-        if msg.state in self.roles and not self.topo.central:
+        """Send a running message on: in place when its next role is hosted here (a send that failed
+        and is made again; a step's own next step runs in its task), else to a replica of that role
+        (or to the coordinator). Handed over in place, the message keeps this actor's hold."""
+        if self._hosted_here(msg):
             self.local_hops += 1
             spawn(self._run(msg), self._tasks)
             return
