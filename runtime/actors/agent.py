@@ -63,12 +63,12 @@ class AgentConfig:
     vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 
 
-@ray.remote(num_cpus=0)
-class AgentActor(Routing):
-    """One replica of an agent role, or of a group of co-located roles."""
+class Agent(Routing):
+    """One replica of an agent role, or of a group of co-located roles: its state and its steps. A
+    plain object inside :class:`AgentActor`: Ray wraps every method of an actor class for tracing (a
+    check on each call, one more coroutine on each await), and the steps call many of them."""
 
     def __init__(self, roles: str | list[str], index: int, cfg: AgentConfig):
-        tune_gc()
         roles = [roles] if isinstance(roles, str) else list(roles)
         self.role, self.index, self.cfg = "+".join(roles), index, cfg
         # openai models served by mxc sim-server get the simulator's replies: render them (mx_sim hints)
@@ -115,7 +115,7 @@ class AgentActor(Routing):
                                   on_ack=self._on_ack, on_error=self._on_error)
         return self._outbox
 
-    async def deliver(self, batch: bytes | list[Message]) -> int:
+    def deliver(self, batch: bytes | list[Message]) -> int:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         batch = unpack(batch)
         for msg in batch:
@@ -123,13 +123,13 @@ class AgentActor(Routing):
             spawn(self._run(msg), self._tasks)
         return len(self.held)
 
-    async def replies(self, batch: bytes | list[tuple]) -> int:
+    def replies(self, batch: bytes | list[tuple]) -> int:
         """Model replies from the sim service: ``(req_id, text, prompt_tokens, completion_tokens)``."""
         for req_id, text, ptok, ctok in unpack(batch):
             self.pending.resolve(req_id, Reply(text, ptok, ctok))
         return len(self.held)
 
-    async def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
+    def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
         """Answers of the sink to ``_texts_of``: ``(req_id, [text] | None)``."""
         for req_id, texts in unpack(batch):
             self.pending.resolve(req_id, texts)
@@ -256,6 +256,40 @@ class AgentActor(Routing):
                 "clients": {m: c.snapshot() for m, c in self.services.clients.items()},
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "chars": self.cache.chars},
                 "outbox": self._outbox.stats.as_dict() if self._outbox else None}
+
+
+
+@ray.remote(num_cpus=0)
+class AgentActor:
+    """The Ray actor of one agent replica: :class:`Agent` behind the methods other actors call."""
+
+    def __init__(self, roles: str | list[str], index: int, cfg: AgentConfig):
+        tune_gc()
+        self.agent = Agent(roles, index, cfg)
+
+    async def deliver(self, batch: bytes | list[Message]) -> int:
+        """Accept messages (one-way); returns this replica's load (:meth:`Agent.deliver`)."""
+        return self.agent.deliver(batch)
+
+    async def replies(self, batch: bytes | list[tuple]) -> int:
+        """Model replies from the sim service (:meth:`Agent.replies`)."""
+        return self.agent.replies(batch)
+
+    async def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
+        """Offloaded texts from the sink (:meth:`Agent.fetched`)."""
+        return self.agent.fetched(batch)
+
+    def sim_restarted(self, names: list[str]) -> int:
+        """A sim service restarted and lost its queue: re-send this replica's requests to it."""
+        return self.agent.sim_restarted(names)
+
+    def held_ids(self) -> list[Hashable]:
+        """Row keys this replica holds (processing, or sent and not yet acknowledged)."""
+        return self.agent.held_ids()
+
+    def stats(self) -> dict:
+        """Calls, call latencies (seconds), errors, transport counters, bytes per hop."""
+        return self.agent.stats()
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

@@ -51,7 +51,7 @@ def message_bytes(msg: Message) -> int:
 
 
 class Routing:
-    """The outbound half of :class:`~.agent.AgentActor` (its attributes are the actor's)."""
+    """The outbound half of :class:`~.agent.Agent` (its attributes are the agent's)."""
 
     cfg: Any
     engine: Engine
