@@ -9,8 +9,8 @@ the row is finished, as one output line to the sink. In central mode every step 
 coordinator instead, which routes it.
 
 A replica may host several roles (``Topology.groups``: co-location). A message whose next role is
-hosted here is handed over in place, as a new task of this actor: no Ray call, no pickling of its
-history, no offloading. The runtime co-locates the roles of a workflow whose models all run outside
+hosted here is handed over in place, its next step run in the same task: no Ray call, no pickling
+of its history, no offloading, no wait behind the other tasks of the event loop. The runtime co-locates the roles of a workflow whose models all run outside
 the cluster (``openai``/``vllm``), where an actor hop costs more CPU than the step itself
 (docs/benchmarks.md, the HTTP path).
 
@@ -41,6 +41,7 @@ from .calls import CallFailed, Role, ServiceCalls, SimCalls, ToolCalls
 from .pending import Pending
 from .routing import Routing
 
+HERE = "here"   # a step's outcome: the message's next role is hosted by this replica
 _TIMEOUT = getattr(asyncio, "timeout", None)   # Python 3.11+: no task per step (else asyncio.wait_for)
 
 
@@ -62,12 +63,12 @@ class AgentConfig:
     vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 
 
-@ray.remote(num_cpus=0)
-class AgentActor(Routing):
-    """One replica of an agent role, or of a group of co-located roles."""
+class Agent(Routing):
+    """One replica of an agent role, or of a group of co-located roles: its state and its steps. A
+    plain object inside :class:`AgentActor`: Ray wraps every method of an actor class for tracing (a
+    check on each call, one more coroutine on each await), and the steps call many of them."""
 
     def __init__(self, roles: str | list[str], index: int, cfg: AgentConfig):
-        tune_gc()
         roles = [roles] if isinstance(roles, str) else list(roles)
         self.role, self.index, self.cfg = "+".join(roles), index, cfg
         # openai models served by mxc sim-server get the simulator's replies: render them (mx_sim hints)
@@ -114,7 +115,7 @@ class AgentActor(Routing):
                                   on_ack=self._on_ack, on_error=self._on_error)
         return self._outbox
 
-    async def deliver(self, batch: bytes | list[Message]) -> int:
+    def deliver(self, batch: bytes | list[Message]) -> int:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         batch = unpack(batch)
         for msg in batch:
@@ -122,13 +123,13 @@ class AgentActor(Routing):
             spawn(self._run(msg), self._tasks)
         return len(self.held)
 
-    async def replies(self, batch: bytes | list[tuple]) -> int:
+    def replies(self, batch: bytes | list[tuple]) -> int:
         """Model replies from the sim service: ``(req_id, text, prompt_tokens, completion_tokens)``."""
         for req_id, text, ptok, ctok in unpack(batch):
             self.pending.resolve(req_id, Reply(text, ptok, ctok))
         return len(self.held)
 
-    async def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
+    def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
         """Answers of the sink to ``_texts_of``: ``(req_id, [text] | None)``."""
         for req_id, texts in unpack(batch):
             self.pending.resolve(req_id, texts)
@@ -140,28 +141,39 @@ class AgentActor(Routing):
 
     # -- one step --------------------------------------------------------------------------------
     async def _run(self, msg: Message) -> None:
-        key, state = msg.key, msg.state
+        """Run the message's step and, in this same task, each next step whose role this replica
+        hosts (handed over in place: no new task, so no wait behind everything else the event loop
+        has ready), until the message is sent on, finished or dropped. The row's ``row_timeout`` cuts
+        off the step in flight: one deadline for all of them (it is the row's, from its admission)."""
+        key = msg.key
+        state = msg.state
+        routed: bool | str = HERE
         try:
-            if _TIMEOUT is not None:           # limits.row_timeout bounds the step in flight
+            if _TIMEOUT is not None:
                 cm = _TIMEOUT(self._time_left(msg))
                 try:
-                    async with cm, self.roles[state].sem:
-                        routed = await self._step(msg)
+                    async with cm:
+                        while routed is HERE:
+                            state = msg.state
+                            async with self.roles[state].sem:
+                                routed = await self._step(msg)
                 except TimeoutError:
                     if not cm.expired():
                         raise
                     routed = await self._timed_out(msg, state)
-            else:
-                try:
-                    routed = await asyncio.wait_for(self._bounded_step(msg), self._time_left(msg))
-                except asyncio.TimeoutError:
-                    routed = await self._timed_out(msg, state)
+            else:                                  # Python 3.10: a timeout per step
+                while routed is HERE:
+                    state = msg.state
+                    try:
+                        routed = await asyncio.wait_for(self._bounded_step(msg), self._time_left(msg))
+                    except asyncio.TimeoutError:
+                        routed = await self._timed_out(msg, state)
         except Exception as e:  # noqa: BLE001 - a runtime bug must not lose the row
             routed = self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
         if not routed:
-            self.held.release(key)
+            self._release(key)
 
-    async def _bounded_step(self, msg: Message) -> bool:
+    async def _bounded_step(self, msg: Message) -> bool | str:
         async with self.roles[msg.state].sem:
             return await self._step(msg)
 
@@ -186,8 +198,9 @@ class AgentActor(Routing):
         except Exception as e:  # noqa: BLE001
             return self._fail_and_finish(msg, "error", "runtime_error", f"{type(e).__name__}: {e}")
 
-    async def _step(self, msg: Message) -> bool:
-        """Run the message's step; returns False when it was dropped (left for the driver to re-admit)."""
+    async def _step(self, msg: Message) -> bool | str:
+        """Run the message's step; returns False when it was dropped (left for the driver to re-admit),
+        ``HERE`` when its next role is hosted here (the caller runs that step), else True."""
         eng = self.engine
         role = self.roles[msg.state]
         try:
@@ -216,6 +229,9 @@ class AgentActor(Routing):
             eng.fail(msg, "failed", e.reason, e.detail, time.time())
         if msg.finished:
             return await self._finish(msg, list(texts) + [reply.text])
+        if self._hosted_here(msg):
+            self.local_hops += 1
+            return HERE
         self._route(msg)
         return True
 
@@ -240,6 +256,40 @@ class AgentActor(Routing):
                 "clients": {m: c.snapshot() for m, c in self.services.clients.items()},
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "chars": self.cache.chars},
                 "outbox": self._outbox.stats.as_dict() if self._outbox else None}
+
+
+
+@ray.remote(num_cpus=0)
+class AgentActor:
+    """The Ray actor of one agent replica: :class:`Agent` behind the methods other actors call."""
+
+    def __init__(self, roles: str | list[str], index: int, cfg: AgentConfig):
+        tune_gc()
+        self.agent = Agent(roles, index, cfg)
+
+    async def deliver(self, batch: bytes | list[Message]) -> int:
+        """Accept messages (one-way); returns this replica's load (:meth:`Agent.deliver`)."""
+        return self.agent.deliver(batch)
+
+    async def replies(self, batch: bytes | list[tuple]) -> int:
+        """Model replies from the sim service (:meth:`Agent.replies`)."""
+        return self.agent.replies(batch)
+
+    async def fetched(self, batch: bytes | list[tuple[int, list | None]]) -> int:
+        """Offloaded texts from the sink (:meth:`Agent.fetched`)."""
+        return self.agent.fetched(batch)
+
+    def sim_restarted(self, names: list[str]) -> int:
+        """A sim service restarted and lost its queue: re-send this replica's requests to it."""
+        return self.agent.sim_restarted(names)
+
+    def held_ids(self) -> list[Hashable]:
+        """Row keys this replica holds (processing, or sent and not yet acknowledged)."""
+        return self.agent.held_ids()
+
+    def stats(self) -> dict:
+        """Calls, call latencies (seconds), errors, transport counters, bytes per hop."""
+        return self.agent.stats()
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

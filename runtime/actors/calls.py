@@ -95,26 +95,37 @@ class ServiceCalls:
         self.openai, self.vllm = openai, vllm
         self.clients: dict = {}                            # model → OpenAIClient | ServeClient
         self.errors = 0
+        self._error: Any = ()                              # ModelCallError, once a client is made
+
+    def forget(self, key: Hashable) -> None:
+        """Row ``key`` has left this actor: drop what the clients keep for it."""
+        for client in self.clients.values():
+            forget = getattr(client, "forget", None)
+            if forget is not None:
+                forget(key)
 
     def serves(self, model: str) -> bool:
         """Whether ``model`` is called here (not on the sim service)."""
         return model in self.openai or model in self.vllm
 
-    async def call(self, call: LLMCall, key: Hashable, role: Role) -> Reply:
-        """One call; ``key`` keeps a row on one endpoint (the client's stickiness)."""
+    def _client(self, model: str) -> Any:
         from ..backends.openai_client import ModelCallError, OpenAIClient
 
-        client = self.clients.get(call.model)
-        if client is None:
-            if call.model in self.vllm:      # backend vllm: Serve handles to the replicas
-                from ..backends.serve_deploy import ServeClient
+        self._error = ModelCallError
+        if model in self.vllm:      # backend vllm: Serve handles to the replicas
+            from ..backends.serve_deploy import ServeClient
 
-                client = self.clients[call.model] = ServeClient(self.vllm[call.model])
-            else:
-                client = self.clients[call.model] = OpenAIClient(self.openai[call.model])
+            client = self.clients[model] = ServeClient(self.vllm[model])
+        else:
+            client = self.clients[model] = OpenAIClient(self.openai[model])
+        return client
+
+    async def call(self, call: LLMCall, key: Hashable, role: Role) -> Reply:
+        """One call; ``key`` keeps a row on one endpoint (the client's stickiness)."""
+        client = self.clients.get(call.model) or self._client(call.model)
         try:
             return await client.call(call, key)
-        except ModelCallError as e:
+        except self._error as e:
             self.errors += 1
             raise CallFailed("model_error", f"model {call.model!r}: {e.detail}") from None
 

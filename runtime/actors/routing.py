@@ -51,7 +51,7 @@ def message_bytes(msg: Message) -> int:
 
 
 class Routing:
-    """The outbound half of :class:`~.agent.AgentActor` (its attributes are the actor's)."""
+    """The outbound half of :class:`~.agent.Agent` (its attributes are the agent's)."""
 
     cfg: Any
     engine: Engine
@@ -94,10 +94,15 @@ class Routing:
             raise LookupError(f"offloaded texts {keys} are not in the store")
         return texts
 
+    def _hosted_here(self, msg: Message) -> bool:
+        """Whether the message's next role is hosted by this replica (co-location; not in central mode)."""
+        return msg.state in self.roles and not self.topo.central
+
     def _route(self, msg: Message) -> None:
-        """Send a running message on: in place when its next role is hosted here, else to a replica of
-        that role (or to the coordinator). Handed over in place, the message keeps this actor's hold."""
-        if msg.state in self.roles and not self.topo.central:
+        """Send a running message on: in place when its next role is hosted here (a send that failed
+        and is made again; a step's own next step runs in its task), else to a replica of that role
+        (or to the coordinator). Handed over in place, the message keeps this actor's hold."""
+        if self._hosted_here(msg):
             self.local_hops += 1
             spawn(self._run(msg), self._tasks)
             return
@@ -140,6 +145,12 @@ class Routing:
         self.outbox.send((TO_OUTPUT, name), self.handles.get(name), item)
         return True
 
+    def _release(self, key: Hashable) -> None:
+        """Let go of one copy of a row; once none is held, the row has left this actor: its model
+        clients forget it (its encoded texts)."""
+        if self.held.release(key):
+            self.services.forget(key)
+
     def _on_ack(self, dest: tuple, batch: list, load) -> None:
         kind = dest[0]
         if self._reroutes:
@@ -147,10 +158,10 @@ class Routing:
                 self._reroutes.pop(id(item), None)
         if kind == TO_AGENT:
             for msg in batch:
-                self.held.release(msg.key)
+                self._release(msg.key)
         elif kind == TO_OUTPUT:
             for key, _, _ in batch:
-                self.held.release(key)
+                self._release(key)
 
     def _on_error(self, dest: tuple, batch: list, exc: BaseException) -> None:
         """A deliver call failed (the receiver died): re-send after a pause, or give the rows up."""
@@ -170,7 +181,7 @@ class Routing:
             if tries > 10:
                 self._reroutes.pop(id(item), None)
                 self.dropped += 1
-                self.held.release(key)          # the driver's lost-row scan re-admits it
+                self._release(key)              # the driver's lost-row scan re-admits it
                 continue
             self._reroutes[id(item)] = tries
             if isinstance(item, Message) and dest[0] == TO_AGENT:

@@ -8,6 +8,8 @@
   environment only; held in a ``Secret`` whose repr hides it), params, timeout and retries.
 - ``OpenAIClient.call(LLMCall, key)`` posts to ``/chat/completions`` (``completion`` posts to
   ``/completions``); a ``text/event-stream`` reply (``stream = true`` in the params) is parsed as SSE.
+  The body is ``json.dumps``'s bytes (``encode_body``), a row's long texts escaped once and kept
+  until ``forget(key)`` (the agent calls it when the row leaves the actor).
   Routing, stickiness by row and the circuit breaker are ``endpoints.EndpointPool``'s.
 - Retries: connection errors, timeouts, 429, 5xx and unparsable replies are retried ``retries`` times
   with exponential backoff and jitter, or after the server's ``Retry-After`` (or ``retry-after-ms``) when
@@ -131,6 +133,76 @@ def completion_prompt(messages: list[dict]) -> str:
     """The text a ``api = "completions"`` model is sent: the agent's conversation as it would go to a
     chat model (system, earlier steps, prompt), each message's content in order, a blank line apart."""
     return "\n\n".join(m["content"] for m in messages)
+
+# ---- the request body ------------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # json.dumps(x, those args)
+_escape = json.encoder.encode_basestring          # what that encoder writes for a string
+_MESSAGE_KEYS = {"role": b'"role":', "content": b'"content":'}
+ENCODED_MIN = 256                       # texts at least this long are kept encoded (EncodedTexts)
+
+
+class EncodedTexts(dict):
+    """One row's long texts (``ENCODED_MIN`` characters or more) as JSON (UTF-8), encoded on first use:
+    a conversation's history goes out whole at every step, and escaping every text again each time
+    was most of the JSON cost of a call. ``texts[text]`` is ``json.dumps(text, ensure_ascii=False)
+    .encode()`` (UnicodeEncodeError for a lone surrogate, as that raises)."""
+
+    __slots__ = ()
+
+    def __missing__(self, text: str) -> bytes:
+        b = self[text] = _escape(text).encode()
+        return b
+
+
+def _encode_message(m: Any, texts: EncodedTexts) -> bytes:
+    if type(m) is not dict:
+        return _dumps(m).encode()
+    items = []
+    for k, v in m.items():
+        key = _MESSAGE_KEYS.get(k) if type(k) is str else None
+        if key is None:
+            if type(k) is not str:
+                return _dumps(m).encode()
+            key = (_escape(k) + ":").encode()
+        if type(v) is str:
+            items.append(key + (texts[v] if len(v) >= ENCODED_MIN else _escape(v).encode()))
+        else:
+            items.append(key + _dumps(v).encode())
+    return b"{" + b",".join(items) + b"}"
+
+
+_MESSAGE_HEADS = {r: b'{"role":"%s","content":' % r.encode() for r in ("system", "user", "assistant")}
+
+
+def encode_body(body: Mapping[str, Any], texts: EncodedTexts) -> bytes:
+    """``json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()``, byte for byte, with the
+    long texts of ``body["messages"]`` taken from ``texts``; the pieces are joined once."""
+    out: list[bytes] = []
+    sep = b"{"
+    for k, v in body.items():
+        if type(k) is not str:
+            return _dumps(body).encode()
+        out += (sep, (_escape(k) + ":").encode())
+        sep = b","
+        if k == "messages" and type(v) is list:
+            msep = b"["
+            for m in v:      # the usual message, {"role": ..., "content": "..."} in that order, inline
+                out.append(msep)
+                msep = b","
+                if type(m) is dict and len(m) == 2 and next(iter(m)) == "role":
+                    r, c = m["role"], m.get("content")
+                    head = _MESSAGE_HEADS.get(r) if type(r) is str else None
+                    if head is not None and type(c) is str:
+                        out += (head, texts[c] if len(c) >= ENCODED_MIN else _escape(c).encode(), b"}")
+                        continue
+                out.append(_encode_message(m, texts))
+            out.append(b"]" if v else b"[]")
+        else:
+            out.append(_dumps(v).encode())
+    out.append(b"}" if out else b"{}")
+    return b"".join(out)
+
 
 @dataclass(slots=True)
 class OpenAIModel:
@@ -358,6 +430,8 @@ class OpenAIClient:
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.rng = rng or random.Random()
         self.stats = ClientStats()
+        self._texts: dict[Hashable, EncodedTexts] = {}   # per row (key): its texts, encoded once
+        self._max_rows = max(4096, 4 * spec.max_limit)   # more: forget() is not called, start over
         self._up = False                       # some endpoint has answered a call
         self._last_ok: float | None = None     # when a call last succeeded (the pool's clock)
         self.limits = ([AdaptiveLimit(max(1, spec.max_limit), clock=self.pool.clock) for _ in spec.urls]
@@ -391,6 +465,24 @@ class OpenAIClient:
         body = {"model": self.spec.name, "prompt": prompt, **(params or self.spec.params)}
         return await self._complete("/completions", body, key, sim, prompt_tokens, chat=False)
 
+    def forget(self, key: Hashable) -> None:
+        """Drop what is kept for row ``key`` (its encoded texts): the row has left the caller."""
+        self._texts.pop(key, None)
+
+    def rows_kept(self) -> int:
+        """Rows whose encoded texts are kept (until :meth:`forget`)."""
+        return len(self._texts)
+
+    def _texts_of(self, key: Hashable | None) -> EncodedTexts:
+        if key is None:
+            return EncodedTexts()
+        texts = self._texts.get(key)
+        if texts is None:
+            if len(self._texts) >= self._max_rows:
+                self._texts.clear()
+            texts = self._texts[key] = EncodedTexts()
+        return texts
+
     def snapshot(self) -> dict:
         """Counters and per-endpoint state (with its adaptive limit), safe to log."""
         eps = self.pool.snapshot()
@@ -406,7 +498,7 @@ class OpenAIClient:
             body["mx_sim"] = sim
         if body.get("stream"):
             body.setdefault("stream_options", {"include_usage": True})
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        data = encode_body(body, self._texts_of(key))
         st = self.stats
         st.calls += 1
         tried: list[Endpoint] = []

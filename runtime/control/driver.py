@@ -54,6 +54,7 @@ class DriverConfig:
     row_attempts: int = ROW_ATTEMPTS
     ping_s: float = 0.5                # liveness pings of every actor
     idle_scan_s: float = 5.0           # no completion for this long: look for lost rows
+    tail_poll_s: float = 0.1           # nothing left to admit: poll the sink at most this often
     done_ids: set = field(default_factory=set)   # already in the output (--resume)
     trials: int = 1                    # runs of each input row (ids ID#k)
     until_ok: int | None = None        # stop admitting once this many ok rows are in the output
@@ -171,6 +172,11 @@ class Driver:
                 self._admit()
                 if self.on_progress is not None:
                     self.on_progress(self)
+                if done and self.exhausted and self.inflight:
+                    # nothing left to admit: completions only count rows now, so take them in
+                    # batches (a poll is a Ray call here and at the sink, one per row when rows
+                    # end one at a time)
+                    await asyncio.sleep(self.cfg.tail_poll_s)
             await self.outbox.drain()
         finally:
             watch.cancel()

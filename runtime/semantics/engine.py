@@ -119,11 +119,11 @@ class LazyText(dict):
     """A history entry or an agent's latest values as the context presents them: `text` (the text of
     history entry `_entry`) is fetched on first read, so reading other keys needs no history text."""
 
-    __slots__ = ("_scope", "_entry")
+    __slots__ = ("_texts", "_entry")
 
     def __missing__(self, key: str) -> Any:
         if key == "text" and self._entry is not None:
-            text = self._scope.text(self._entry)
+            text = self._texts.text(self._entry)
             dict.__setitem__(self, "text", text)
             return text
         raise KeyError(key)
@@ -143,13 +143,16 @@ class Visits(dict):
         return 0
 
 
-class _Scope:
-    """Context names for one message at one moment, built on first use and cached."""
+class _Texts:
+    """The history texts of one message at one moment: `texts[i]` where the caller supplied it, else
+    the entry's inline text. Kept apart from `_Scope` so that the `LazyText` views a scope caches do
+    not point back at it: a cycle would leave every step's scope, and the message under it, to the
+    cyclic garbage collector instead of reference counting."""
 
-    __slots__ = ("eng", "msg", "texts", "cache")
+    __slots__ = ("msg", "texts")
 
-    def __init__(self, eng: Engine, msg: Message, texts: Sequence[str | None]) -> None:
-        self.eng, self.msg, self.texts, self.cache = eng, msg, texts, {}
+    def __init__(self, msg: Message, texts: Sequence[str | None]) -> None:
+        self.msg, self.texts = msg, texts
 
     def text(self, i: int) -> str:
         texts, n = self.texts, len(self.msg.history)
@@ -162,6 +165,18 @@ class _Scope:
                 raise MissingText(f"row {self.msg.id!r}: text of history[{i}] "
                                   f"({self.msg.history[i].get('agent')}) is needed but was not supplied")
         return t
+
+
+class _Scope:
+    """Context names for one message at one moment, built on first use and cached."""
+
+    __slots__ = ("eng", "msg", "texts", "cache")
+
+    def __init__(self, eng: Engine, msg: Message, texts: Sequence[str | None]) -> None:
+        self.eng, self.msg, self.texts, self.cache = eng, msg, _Texts(msg, texts), {}
+
+    def text(self, i: int) -> str:
+        return self.texts.text(i)
 
     def var(self, name: str) -> Any:
         try:
@@ -188,7 +203,7 @@ class _Scope:
 
     def _lazy(self, d: dict, entry: int | None) -> LazyText:
         view = LazyText(d)
-        view._scope, view._entry = self, entry
+        view._texts, view._entry = self.texts, entry
         return view
 
     def _agent(self, name: str) -> LazyText:

@@ -93,7 +93,7 @@ class Template:
     """One compiled template. `names`: context names it reads; `reads`: `(name, attr)` pairs where
     attr is the constant attribute/key read on that name, or None when the whole value is used."""
 
-    __slots__ = ("source", "label", "names", "reads", "_tmpl")
+    __slots__ = ("source", "label", "names", "reads", "_tmpl", "_globals")
 
     def __init__(self, source: str, label: str) -> None:
         self.source, self.label = source, label
@@ -102,6 +102,7 @@ class Template:
             self._tmpl = ENV.from_string(ast)
         except TemplateSyntaxError as e:
             raise IRError(f"{label}: template syntax error at line {e.lineno}: {e.message}") from None
+        self._globals = frozenset(self._tmpl.globals)   # its globals' names, read once (not per render)
         self.names = frozenset(meta.find_undeclared_variables(ast))
         self.reads = frozenset(_template_reads(ast, self.names))
 
@@ -109,9 +110,11 @@ class Template:
         """Render with context `ctx` (at least `self.names`); raise RenderError on failure."""
         token = _CURRENT_RNG.set(rng)
         try:
-            # what Template.render does, minus copying the jinja globals into a new dict on every call
+            # what Template.render does, minus copying the jinja globals into a new dict and listing
+            # the names of its globals (a ChainMap) on every call
             tmpl = self._tmpl
-            return "".join(tmpl.root_render_func(tmpl.new_context({**_GLOBALS, **ctx}, shared=True)))
+            context = ENV.context_class(ENV, {**_GLOBALS, **ctx}, tmpl.name, tmpl.blocks, globals=self._globals)
+            return "".join(tmpl.root_render_func(context))
         except MissingText:
             raise
         except Exception as e:  # jinja raises many kinds: UndefinedError, SecurityError, TypeError, ...

@@ -33,12 +33,14 @@ ErrorFn = Callable[[Hashable, list, BaseException], None]
 class Held(Counter):
     """Row keys an actor holds (received, or sent and not yet acknowledged), with a count of copies."""
 
-    def release(self, key: Hashable) -> None:
+    def release(self, key: Hashable) -> bool:
+        """Let go of one copy; True when no copy of ``key`` is held any more."""
         n = self[key] - 1
         if n > 0:
             self[key] = n
-        else:
-            self.pop(key, None)
+            return False
+        self.pop(key, None)
+        return True
 
 
 @dataclass(slots=True)

@@ -86,8 +86,10 @@ TextsFn = Callable[[list[str]], Awaitable[list[str]]]
 async def fetch_texts(history: Sequence[dict], need: str, cache: TextCache, texts_of: TextsFn) -> list[str | None]:
     """Texts of ``history`` for ``need`` ("all", "last", "none"). Offloaded texts come from ``cache``,
     else from ``texts_of(keys)`` (the sink, which reads them from the object store)."""
-    n = len(history)
     texts: list[str | None] = [e.get("text") for e in history]
+    if None not in texts:          # every text inline: nothing to look up
+        return texts
+    n = len(history)
     lo = 0 if need == "all" else (n - 1 if need == "last" else n)
     missing: list[tuple[int, str]] = []
     for i in range(max(lo, 0), n):

@@ -3,6 +3,7 @@ determinism of the simulated replies."""
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import subprocess
@@ -93,6 +94,26 @@ def test_coral_conversation_roles_and_templates() -> None:
         "teacher", "llm", {"temperature": 0.7, "max_tokens": 512}, None, 0, "0:q1:0")
     assert c.prompt_tokens == (len(teacher_sys) + len("Begin.")) // 4
     assert [x.seed_key for x in calls] == ["0:q1:0", "0:q1:1", "0:q1:2", "0:q1:3"]
+
+
+def test_steps_leave_no_reference_cycles() -> None:
+    """A step's context (its scope and the lazy views of history entries and agents that templates and
+    guards read) is freed by reference counting: nothing of it waits for the cyclic collector, which
+    the message-path actors run rarely (cluster.tune_gc) and which would keep each step's message,
+    history and all, alive until then."""
+    eng = Engine(F.coral())
+    script = [("teacher", "T1 Answer: A"), ("student", "S1 Answer: B"), ("teacher", "T2 Answer: B"),
+              ("student", "S2 Answer: B")]
+    gc.collect()
+    gc.disable()
+    try:
+        msg, calls = drive(eng, CORAL_ROW, script)
+        out = eng.output_row(msg, [])
+        assert out["correct"] is True and len(out["transcript"]) == 4 and len(calls) == 4
+        del msg, calls, out
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_coral_no_agreement_after_20_turns() -> None:

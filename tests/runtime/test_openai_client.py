@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import pickle
 import secrets
@@ -15,10 +16,12 @@ from email.utils import format_datetime
 import pytest
 from matrixlang.runtime.backends.endpoints import EndpointPool, display_url
 from matrixlang.runtime.backends.openai_client import (
+    EncodedTexts,
     ModelCallError,
     OpenAIClient,
     OpenAIModel,
     close_shared_session,
+    encode_body,
     parse_retry_after,
     resolve_model,
     resolve_models,
@@ -415,3 +418,61 @@ def test_an_outage_of_every_endpoint_is_waited_out_without_using_attempts():
         return c.stats
 
     assert asyncio.run(never_up()).outage_waits == 0
+
+
+def _plain_body(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_the_request_body_is_json_dumps_byte_for_byte_with_texts_encoded_once():
+    long = "He said \"no\" \\ then left.\n\tTabs, \x01 controls, caf\u00e9, \u6f22\u5b57, \U0001f600 " * 20
+    other = "plain words " * 40
+    history = [{"role": "assistant" if i % 2 else "user", "content": long if i % 3 else other + str(i)}
+               for i in range(7)]
+    bodies = [
+        {"model": "m", "messages": [{"role": "system", "content": "short \u00e9"}, *history], "max_tokens": 20,
+         "temperature": 0.5, "stop": ["\n", "END"], "mx_sim": {"text": None, "tokens": 12, "seed": "0:r:3"}},
+        {"model": None, "messages": history[:3], "logit_bias": {"50256": -100}, "n": float("nan"),
+         "stream": True, "stream_options": {"include_usage": True}},
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": long}]},
+                                    {"role": "user", "content": long, "name": "\u00e9\"x"}, "not a dict", None]},
+        {"model": "m", "messages": [{1: "int key"}, {"role": "user", "content": long}], 2: "int key"},
+        {"model": "m", "messages": [{"content": long, "role": "user"}, {"role": ["odd"], "content": long},
+                                    {"role": "tool", "content": long}, {"role": "user", "content": None}]},
+        {"model": "m", "prompt": long, "messages": "not a list"},
+        {"messages": []}, {},
+    ]
+    texts = EncodedTexts()
+    for _ in range(2):                       # the second time, from the encoded texts
+        for body in bodies:
+            assert encode_body(body, texts) == _plain_body(body)
+    assert set(texts) == {long, *(other + str(i) for i in (0, 3, 6))}   # the long texts only
+
+
+def test_a_client_keeps_a_rows_encoded_texts_until_it_forgets_the_row():
+    async def main():
+        async with servers() as (_, urls):
+            c = OpenAIClient(spec(urls, max_limit=2))
+            history = [{"role": "user", "content": "word " * 100}]
+            for key in ("r1", "r2", "r1"):
+                reply = await c.chat(MSGS + history, key=key)
+                history.append({"role": "assistant", "content": reply.text + " " + "more " * 60})
+            assert c.rows_kept() == 2
+            c.forget("r1")
+            c.forget("r9")                   # never seen: nothing to drop
+            assert c.rows_kept() == 1
+            await c.chat(MSGS, key=None)     # no row: nothing kept
+            assert c.rows_kept() == 1
+            for i in range(5000):            # rows never forgotten: kept up to a bound, then dropped
+                c._texts_of(f"x{i}")
+            assert c.rows_kept() <= 4096
+
+    asyncio.run(main())
+
+
+def test_a_lone_surrogate_in_a_message_fails_as_json_dumps_does():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 300 + "\ud800"}]}
+    with pytest.raises(UnicodeEncodeError):
+        _plain_body(body)
+    with pytest.raises(UnicodeEncodeError):
+        encode_body(body, EncodedTexts())
