@@ -65,6 +65,7 @@ from ..names import (
     THROTTLE_WAIT_S,
 )
 from ..semantics.engine import LLMCall, Reply
+from ..semantics.message import without_runtime_keys
 from .aimd import AdaptiveLimit
 from .endpoints import Endpoint, EndpointPool, display_url
 
@@ -119,14 +120,6 @@ class _Retry(Exception):
 class _Final(Exception):
     """One attempt failed in a way no retry fixes (400, 401, 404, ...)."""
 
-
-
-def openai_messages(messages: list[dict]) -> list[dict]:
-    """The messages as an OpenAI server takes them: without the Serve path's ``token_ids`` and
-    ``tokenizer`` keys (the engine adds them only for ``vllm`` models; this keeps them off the wire)."""
-    if not any("token_ids" in m or "tokenizer" in m for m in messages):
-        return messages
-    return [{k: v for k, v in m.items() if k not in ("token_ids", "tokenizer")} for m in messages]
 
 
 def completion_prompt(messages: list[dict]) -> str:
@@ -456,7 +449,7 @@ class OpenAIClient:
                    sim: dict | None = None, prompt_tokens: int | None = None) -> Reply:
         """One chat completion (POST /chat/completions). Messages are sent as ``{role, content}``: the
         ``token_ids`` a ``vllm`` model's history may carry are not for OpenAI servers."""
-        body = {"model": self.spec.name, "messages": openai_messages(messages), **(params or self.spec.params)}
+        body = {"model": self.spec.name, "messages": without_runtime_keys(messages), **(params or self.spec.params)}
         return await self._complete("/chat/completions", body, key, sim, prompt_tokens, chat=True)
 
     async def completion(self, prompt: str, *, params: Mapping | None = None, key: Hashable | None = None,

@@ -40,6 +40,8 @@ import uuid
 from array import array
 from typing import Any
 
+from ..semantics.message import without_runtime_keys
+
 # OpenAI request fields that are not sampling settings (dropped), and renamed ones.
 TRANSPORT_KEYS = frozenset({"stream", "stream_options", "user", "model", "messages", "mx_sim"})
 RENAMED = {"max_completion_tokens": "max_tokens"}
@@ -145,13 +147,6 @@ def splice_prompt_ids(tokenizer: Any, messages: list[dict], tokenizer_id: str) -
     return ids
 
 
-def plain_messages(messages: list[dict]) -> list[dict]:
-    """The messages without the splicing keys (what the chat template sees on the text path)."""
-    if not any("token_ids" in m for m in messages):
-        return messages
-    return [{k: v for k, v in m.items() if k not in ("token_ids", "tokenizer")} for m in messages]
-
-
 class VLLMServer:
     """One Serve replica: an async vLLM engine (see the module docstring)."""
 
@@ -226,7 +221,7 @@ class VLLMServer:
                 self.spliced += 1
                 return ids
             self.unspliced += 1
-        text = render_prompt(self.tokenizer, plain_messages(messages))
+        text = render_prompt(self.tokenizer, without_runtime_keys(messages))
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _reply_ids(self, choice: Any) -> bytes | None:

@@ -13,6 +13,14 @@ ID_FIELD, ID_POSITION, ID_DUPLICATE = "field", "position", "duplicate"   # where
 RUNTIME_KEYS = frozenset(("token_ids", "tokenizer"))   # history-entry keys outside the message schema
 
 
+def without_runtime_keys(messages: list[dict]) -> list[dict]:
+    """A call's messages as ``{role, content}``: without the ``token_ids`` and ``tokenizer`` a ``vllm``
+    model's history messages carry (the same list when none has them)."""
+    if not any(k in m for m in messages for k in RUNTIME_KEYS):
+        return messages
+    return [{k: v for k, v in m.items() if k not in RUNTIME_KEYS} for m in messages]
+
+
 def id_key(row_id: Any) -> Hashable:
     """Dedup key of a row's own id (ids are str or int; anything else is keyed by its JSON text)."""
     if isinstance(row_id, (str, int)) and not isinstance(row_id, bool):

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
-from matrixlang.runtime.backends.openai_client import openai_messages
-from matrixlang.runtime.backends.vllm_serve import pack_ids, plain_messages, splice_prompt_ids, unpack_ids
+from matrixlang.runtime.backends.vllm_serve import pack_ids, splice_prompt_ids, unpack_ids
 from matrixlang.runtime.semantics.engine import Engine, Reply
+from matrixlang.runtime.semantics.message import without_runtime_keys
 
 from matrixlang.checker import check
 from matrixlang.compiler import build_ir
@@ -56,8 +56,8 @@ def test_pack_and_plain_messages():
     msgs = [{"role": "user", "content": "a", "token_ids": pack_ids([1]), "tokenizer": "t"},
             {"role": "user", "content": "b"}]
     want = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
-    assert plain_messages(msgs) == want and openai_messages(msgs) == want
-    assert openai_messages(want) is want and plain_messages(want) is want   # nothing to strip: no copy
+    assert without_runtime_keys(msgs) == want
+    assert without_runtime_keys(want) is want   # nothing to strip: no copy
 
 
 def test_history_entries_keep_vllm_ids_and_output_rows_do_not():
@@ -203,7 +203,7 @@ def test_splice_extends_the_previous_prompt_exactly(tokenizer):
     from matrixlang.runtime.backends.vllm_serve import render_prompt
 
     def encode(msgs: list[dict]) -> list[int]:
-        return tokenizer.encode(render_prompt(tokenizer, plain_messages(msgs)), add_special_tokens=False)
+        return tokenizer.encode(render_prompt(tokenizer, without_runtime_keys(msgs)), add_special_tokens=False)
 
     first = [{"role": "system", "content": "You are A."}, {"role": "user", "content": "Question?"}]
     p1 = encode(first)
