@@ -13,6 +13,8 @@ Per client it reports rows/s and the ratio mxc / plain, the CPU per LLM call sum
 of the client (for mxc: the driver, every actor and every Ray process; the server is left out), and
 the latency a call takes at the client beyond the server's own time. The ideal: every row's calls back
 to back at the server's own speed, ``--in-flight`` rows at a time, admitted greedily in input order.
+Each plain/mxc pair also records the CPU that other processes used meanwhile (``other_cpu_s``: other
+jobs on a shared machine; ~0.3 s a pair when it is quiet).
 
     python bench/http_path.py [--rows 768] [--in-flight 128 --in-flight 1024] [--repeat 1]
                               [--offload-threshold N] [--json bench/results/http_path.json]
@@ -37,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:      # `python bench/http_path.py` from the checkout
     sys.path.insert(0, str(HERE.parent))
 
-from bench.monitor import RunMonitor, machine_info  # noqa: E402
+from bench.monitor import OtherCPU, RunMonitor, machine_info  # noqa: E402
 from bench.plain_client import hint  # noqa: E402
 
 TTFT_S, PER_TOKEN_S = 0.020, 0.001
@@ -151,7 +153,8 @@ def print_row(c: dict) -> None:
           f"ideal {i['rows_per_s']:6.1f}   mxc/plain {c['ratio_mxc_plain']:.3f}   "
           f"CPU/call plain {p['cpu_ms_per_call']:.2f} ms, mxc {m['cpu_ms_per_call']:.2f} ms   "
           f"added latency plain {p['added_latency_ms']:.1f} ms, mxc {m['added_latency_ms']:.1f} ms   "
-          f"same work {all(c['same_work'].values())}   load {c['loadavg_end']}", flush=True)
+          f"same work {all(c['same_work'].values())}   load {c['loadavg_end']}   "
+          f"other processes' CPU {c.get('other_cpu_s', 0):.2f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for in_flight in args.in_flight or [128, 1024]:
         for rep in range(args.repeat):
-            plain = run_plain(inp, in_flight, args.seed)
-            mxc = run_mxc(ir, inp, tmp, in_flight, args.seed, args.offload_threshold,
-                          args.adaptive_concurrency == "on")
+            with OtherCPU() as other:
+                plain = run_plain(inp, in_flight, args.seed)
+                mxc = run_mxc(ir, inp, tmp, in_flight, args.seed, args.offload_threshold,
+                              args.adaptive_concurrency == "on")
             c = compare(rows, in_flight, args.seed, plain, mxc)
             c["repeat"] = rep
+            c["other_cpu_s"] = round(other.seconds, 2)   # other jobs on the machine meanwhile
             results.append(c)
             print_row(c)
     out = {"bench": "http_path", "machine": machine_info(), "rows": args.rows, "seed": args.seed,

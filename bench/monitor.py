@@ -11,6 +11,9 @@
 
 CPU of a process is counted from the first time the thread sees it to the last (actors are killed
 when ``run()`` returns, so up to one interval at the very end can be missed).
+
+:class:`OtherCPU` measures the rest: the CPU of every process outside this one's tree, to tell a
+measurement taken on a quiet machine from one that shared it with other jobs.
 """
 
 from __future__ import annotations
@@ -93,6 +96,42 @@ def machine_info() -> dict:
     return {"cpus": os.cpu_count(), "mem_gib": round(mem_total() / 2**30, 1),
             "loadavg": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
             "ray": ray.__version__, "platform": platform.platform()}
+
+
+class OtherCPU:
+    """CPU seconds used by processes outside this process's tree (other jobs on a shared machine),
+    sampled every ``interval_s`` from /proc while it runs (a process that lives less than that is
+    missed). Use as a context manager; ``seconds`` is the total."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s, self.seconds = interval_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-other-cpu", daemon=True)
+
+    def __enter__(self) -> OtherCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _snapshot(self) -> dict[int, float]:
+        mine = {os.getpid(), *descendants(os.getpid())}
+        out = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in mine:
+                cpu = proc_cpu_s(int(entry))
+                if cpu is not None:
+                    out[int(entry)] = cpu
+        return out
+
+    def _loop(self) -> None:
+        last = self._snapshot()
+        while not self._stop.wait(self.interval_s):
+            now = self._snapshot()
+            self.seconds += sum(max(0.0, c - last.get(pid, c)) for pid, c in now.items())
+            last = now
 
 
 @dataclass(slots=True)
