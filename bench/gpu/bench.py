@@ -423,6 +423,7 @@ class Bench:
             t0 = time.time()
             out.update(self.mxc_run_env(env, "serve-run", prog, self.rows, self.work / "mxc_serve.jsonl"))
             out["run_wall_s"] = round(time.time() - t0, 1)
+            out["replicas"] = self.replica_counters(env, prog)
             if self.model == "smol" and "real" in self.a.phases and self.left() > 60:
                 try:
                     out["real_coral"] = self.real_through_serve(env)
@@ -443,6 +444,23 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     os.killpg(head.pid, signal.SIGKILL)
         return out
+
+    def replica_counters(self, env: dict, prog: Path) -> dict:
+        """The Serve replicas' own counters after the run (served, tokens, spliced histories, the
+        engine's prefix-cache queries and hits), and the hit rate over all of them."""
+        code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+                "from matrixlang.runtime.backends import serve_deploy as sd; ir = json.load(open(sys.argv[2])); "
+                "print(json.dumps({m: sd.replica_infos(ir, m) for m in sd.vllm_models(ir)}))")
+        try:
+            p = subprocess.run([PY, "-c", code, env["RAY_ADDRESS"], str(prog)], env=env, capture_output=True,
+                               text=True, timeout=90)
+            infos = json.loads(p.stdout.strip().splitlines()[-1])
+        except Exception as e:  # noqa: BLE001 - a report, the run's figures stand
+            return {"status": "failed", "why": f"{type(e).__name__}: {e}"[:300]}
+        pc = [i.get("prefix_cache") or {} for reps in infos.values() for i in reps.values()]
+        q, h = sum(c.get("queries", 0) for c in pc), sum(c.get("hits", 0) for c in pc)
+        return {"infos": infos, "prefix_cache_queries": q, "prefix_cache_hits": h,
+                "prefix_cache_hit_rate": round(h / q, 4) if q else None}
 
     def mxc_run_env(self, env: dict, name: str, prog: Path, rows: Path, output: Path) -> dict:
         summary = self.work / f"{name}.summary.json"

@@ -245,7 +245,8 @@ class VLLMServer:
                 "max_model_len": self.max_model_len, "engine_start_s": self.start_s, "cpu_bind": self.cpu_bind,
                 "served": self.served, "failed": self.failed, "rejected": self.rejected,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "tokenizer": self.tokenizer_id, "spliced": self.spliced, "unspliced": self.unspliced}
+                "tokenizer": self.tokenizer_id, "spliced": self.spliced, "unspliced": self.unspliced,
+                "prefix_cache": prefix_cache_counts()}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -286,6 +287,24 @@ def _local_rank() -> int:
         return int(serve.get_replica_context().rank.local_rank)
     except Exception:  # noqa: BLE001 - outside Serve, or a Ray without ranks
         return 0
+
+
+PREFIX_CACHE_METRICS = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
+
+
+def prefix_cache_counts() -> dict[str, int] | None:
+    """This process's vLLM prefix-cache counters in tokens, ``{"queries", "hits"}``, read from the
+    engine's Prometheus counters; None where vLLM keeps none (stats off, other versions)."""
+    try:
+        from prometheus_client import REGISTRY
+        out = {}
+        for metric in REGISTRY.collect():
+            key = PREFIX_CACHE_METRICS.get(metric.name)
+            if key is not None:
+                out[key] = int(sum(s.value for s in metric.samples if s.name.endswith("_total")))
+        return out if len(out) == len(PREFIX_CACHE_METRICS) else None
+    except Exception:  # noqa: BLE001 - counters are a report, never a failure
+        return None
 
 
 def _replica_id() -> str:

@@ -207,6 +207,11 @@ class TestServeDeployment:
         # every call with history (writer's second, both critic calls) spliced the earlier replies' ids
         assert delta == {"served": totals["calls"], "rejected": 1, "prompt_tokens": totals["prompt_tokens"],
                          "completion_tokens": totals["completion_tokens"], "spliced": 3 * ROWS, "unspliced": 0}
+        # the replicas report their engines' prefix-cache counters (the hits need a whole cache block
+        # shared with an earlier prompt at the same replica: none at this size on CPU, 128-token blocks)
+        hits = sum(after[r]["prefix_cache"]["hits"] - before[r]["prefix_cache"]["hits"] for r in after)
+        queries = sum(after[r]["prefix_cache"]["queries"] - before[r]["prefix_cache"]["queries"] for r in after)
+        assert 0 <= hits < queries <= totals["prompt_tokens"], (hits, queries)
         # routing: both replicas took calls
         assert all(after[r]["served"] > before[r]["served"] for r in after), after
         assert all(info["max_model_len"] == MAX_MODEL_LEN for info in after.values())
