@@ -423,6 +423,7 @@ class Bench:
             t0 = time.time()
             out.update(self.mxc_run_env(env, "serve-run", prog, self.rows, self.work / "mxc_serve.jsonl"))
             out["run_wall_s"] = round(time.time() - t0, 1)
+            out["gpu_run"] = gpumon.window(str(self.gpu_csv), t0, time.time())   # the run alone, not the deploy
             out["replicas"] = self.replica_counters(env, prog)
             if self.model == "smol" and "real" in self.a.phases and self.left() > 60:
                 try:

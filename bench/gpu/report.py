@@ -42,12 +42,12 @@ def model_table(res: dict) -> str:
         if not p:
             continue
         t = p.get("output_tokens_per_s") if p.get("status") == "ok" else None
-        g = p.get("gpu") or {}
+        g = p.get("gpu_run") or p.get("gpu") or {}    # serve: the run without its deployment, when recorded
         fr = [fmt(t / ceil[c_], 3) if t and c_ in ceil else "–" for c_ in ("replay", "offline")]
         status = p.get("status") + (f" ({p['why'][:60]})" if p.get("why") and p.get("status") != "ok" else "")
         n = counted(p)
         nfr = f" ({n / ceil_counted:.3f})" if n and ceil_counted else ""
-        sv_ = p.get("server") or {}
+        sv_ = p.get("server") or p.get("replicas") or {}    # vllm serve's /metrics, or the Serve replicas' own
         hits = (f"{sv_['prefix_cache_hits'] / sv_['prefix_cache_queries']:.1%}"
                 if sv_.get("prefix_cache_queries") else "–")
         lines.append(f"| {label} | {status} | {fmt(t)} | {fr[0]} | {fr[1]} | {fmt(n)}{nfr} | {hits} | "
