@@ -7,7 +7,9 @@ sink writes a **journal**, ``OUT.journal.jsonl``, and :func:`finalize` turns it 
 run completes: the rows of an earlier ``OUT`` (``--resume``) then the journal's rows that ``OUT`` does
 not hold, written to ``OUT.tmp``, fsynced and renamed over ``OUT``; then the journal is removed. A crash
 at any point leaves the journal and ``OUT`` as they were or ``OUT`` complete: ``--resume`` skips the
-ids of both, and the merge's dedup keeps every row once even if it ran before.
+ids of both, and the merge's dedup keeps every row once even if it ran before. ``--retry-errors``
+removes the error rows from the journal, then from ``OUT`` (:func:`drop_status`), each file replaced
+whole in the same way, before the run starts.
 
 Parquet: each output field is a column whose type is inferred over the whole output (ints and floats
 make floats); a field whose values have no common Arrow type (a string in one row, a number in
