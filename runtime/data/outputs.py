@@ -193,9 +193,6 @@ def drop_status(path: str, status: str, *, fsync: bool = True, lock_wait_s: floa
         drop_rows(journal, status, lock_wait_s, keys)
     if not os.path.exists(path):
         return len(keys)
-    drop = {meta_key(m) for m in read_metas(path) if m.get("status") == status}
-    if not drop:
-        return len(keys)
 
     def rows() -> Iterator[dict]:
         for row in iter_rows(path):
@@ -204,7 +201,9 @@ def drop_status(path: str, status: str, *, fsync: bool = True, lock_wait_s: floa
 
     lock = _lock_journal(journal, lock_wait_s)
     try:
-        _replace(path, rows, fsync)
+        drop = {meta_key(m) for m in read_metas(path) if m.get("status") == status}
+        if drop:
+            _replace(path, rows, fsync)
     finally:
         if lock is not None:
             os.close(lock)
