@@ -29,37 +29,27 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import ray
 
-from .monitor import machine_info, machine_ticks, proc_cpu_s
+from .monitor import Sampling, machine_info, machine_ticks, proc_cpu_s
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "bench" / "workloads" / "admit.mx"
 WINDOW = (0.1, 0.9)
 
 
-class Sampler:
+class Sampler(Sampling):
     """Samples rows written and CPU of one run's processes every ``interval_s`` (a thread)."""
 
     def __init__(self, run_id: str, out: Path, drivers: int, interval_s: float = 0.1):
+        super().__init__("drivers-sampler")
         self.prefix, self.out, self.drivers, self.interval_s = f"mx-{run_id}:", out, drivers, interval_s
         self.pids: dict[str, int] = {}                 # actor name -> pid
         self.samples: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drivers-sampler", daemon=True)
         self._rows, self._offset = 0, 0
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _count_rows(self) -> int:
         try:

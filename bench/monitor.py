@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 import ray
 
@@ -98,23 +99,34 @@ def machine_info() -> dict:
             "ray": ray.__version__, "platform": platform.platform()}
 
 
-class OtherCPU:
-    """CPU seconds used by processes outside this process's tree (other jobs on a shared machine),
-    sampled every ``interval_s`` from /proc while it runs (a process that lives less than that is
-    missed). Use as a context manager; ``seconds`` is the total."""
+class Sampling:
+    """Runs ``_loop`` in a daemon thread named ``name`` while used as a context manager: ``__enter__``
+    starts it, ``__exit__`` sets ``_stop`` (which ``_loop`` waits on between samples) and joins it."""
 
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s, self.seconds = interval_s, 0.0
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="bench-other-cpu", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def __enter__(self) -> OtherCPU:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class OtherCPU(Sampling):
+    """CPU seconds used by processes outside this process's tree (other jobs on a shared machine),
+    sampled every ``interval_s`` from /proc while it runs (a process that lives less than that is
+    missed). Use as a context manager; ``seconds`` is the total."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        super().__init__("bench-other-cpu")
+        self.interval_s, self.seconds = interval_s, 0.0
 
     def _snapshot(self) -> dict[int, float]:
         mine = {os.getpid(), *descendants(os.getpid())}

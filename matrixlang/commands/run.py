@@ -11,6 +11,7 @@ from matrixlang.runtime.names import ADAPTIVE_CONCURRENCY, MAX_IN_FLIGHT, OFFLOA
 EPILOG = """examples:
   mxc run workflows/coral.mx --input workflows/data/coral.jsonl --output out.jsonl --backend sim
   mxc run coral.json --input rows.jsonl --output out.jsonl --resume --summary s.json
+  mxc run coral.mx --input rows.jsonl --output out.parquet --resume --retry-errors
   mxc run coral.mx --input rows.jsonl --output out.jsonl --schedule batch --max-in-flight 128
   mxc run coral.mx --input rows.jsonl --output out.jsonl --address ray://head:10001 --replicas teacher=4
   mxc run coral.mx --input 'shards/*.parquet' --output out.parquet --trials 4 --until-ok 10000
@@ -61,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="skip rows whose id is already in the output")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: run again the rows written with status error (model, tool or "
-                        "runtime errors, e.g. after an outage); their old lines are removed first")
+                        "runtime errors, e.g. after an outage); their old rows are removed first, from "
+                        "any output format (a Parquet or compressed output and its journal alike)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--summary", metavar="S.json", help="write the run summary as JSON")
     p.add_argument("--limit", type=int, metavar="N", help="run only the first N input rows")

@@ -35,7 +35,7 @@ from ..control.cluster import Handles, Topology, actor_info, tune_gc
 from ..names import CALL_TIMEOUT_S, OFFLOAD_THRESHOLD, RETRIES
 from ..semantics.engine import Engine, LLMCall, Reply, StepError
 from ..semantics.message import Message
-from ..transport.outbox import Held, Outbox, spawn, unpack
+from ..transport.outbox import Held, OutboxOwner, spawn, unpack
 from ..transport.store import TextCache, fetch_texts
 from .calls import CallFailed, Role, ServiceCalls, SimCalls, ToolCalls
 from .pending import Pending
@@ -63,7 +63,7 @@ class AgentConfig:
     vllm: dict = field(default_factory=dict)     # model → serve_deploy.VLLMModel (resolved by the driver)
 
 
-class Agent(Routing):
+class Agent(Routing, OutboxOwner):
     """One replica of an agent role, or of a group of co-located roles: its state and its steps. A
     plain object inside :class:`AgentActor`: Ray wraps every method of an actor class for tracing (a
     check on each call, one more coroutine on each await), and the steps call many of them."""
@@ -80,7 +80,6 @@ class Agent(Routing):
         self.handles = Handles(cfg.topo)
         self.rng = random.Random(f"{self.name}:{os.getpid()}")
         self.held = Held()  # row key -> copies held (processing or unacked)
-        self._outbox: Outbox | None = None
         self._tasks: set[asyncio.Task] = set()              # one per message being processed
         self.pending = Pending()                            # sim replies and fetched texts awaited
         self.sim = SimCalls(self.name, self.topo, self.handles, lambda: self.outbox, self.pending, self.rng)
@@ -108,13 +107,6 @@ class Agent(Routing):
         return self.sim.errors + self.services.errors + self.tools.errors
 
     # -- inbound ---------------------------------------------------------------------------------
-    @property
-    def outbox(self) -> Outbox:
-        if self._outbox is None:
-            self._outbox = Outbox(coalesce=self.cfg.coalesce, window_s=self.cfg.window_s,
-                                  on_ack=self._on_ack, on_error=self._on_error)
-        return self._outbox
-
     def deliver(self, batch: bytes | list[Message]) -> int:
         """Accept messages (one-way): each is processed as its own task. Returns this replica's load."""
         batch = unpack(batch)
@@ -255,7 +247,7 @@ class Agent(Routing):
                 "hops": self.hops, "hop_bytes": self.hop_bytes, "node": actor_info()[2],
                 "clients": {m: c.snapshot() for m, c in self.services.clients.items()},
                 "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "chars": self.cache.chars},
-                "outbox": self._outbox.stats.as_dict() if self._outbox else None}
+                "outbox": self.outbox_stats()}
 
 
 

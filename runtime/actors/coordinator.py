@@ -18,13 +18,13 @@ import ray
 
 from ..control.cluster import Handles, Topology, actor_info, tune_gc
 from ..semantics.message import Message
-from ..transport.outbox import Held, Outbox, pick_two, unpack
+from ..transport.outbox import Held, OutboxOwner, pick_two, unpack
 from ..transport.protocol import TO_AGENT, TO_OUTPUT
 from .sink import item_key
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class Coordinator:
+class Coordinator(OutboxOwner):
     """The hub: routes every message between agents and to the sink."""
 
     def __init__(self, topo: Topology, coalesce: bool = True, window_s: float = 0.002):
@@ -34,15 +34,10 @@ class Coordinator:
         self.rng = random.Random(0)
         self.held = Held()
         self.coalesce, self.window_s = coalesce, window_s
-        self._outbox: Outbox | None = None
         self.routed = 0
 
-    @property
-    def outbox(self) -> Outbox:
-        if self._outbox is None:
-            self._outbox = Outbox(coalesce=self.coalesce, window_s=self.window_s,
-                                  on_ack=self._on_ack, on_error=self._on_error)
-        return self._outbox
+    def _outbox_settings(self) -> tuple[bool, float]:
+        return self.coalesce, self.window_s
 
     async def deliver(self, batch: bytes | list) -> int:
         """Accept messages (running: dispatch the next step) and output items (forward to the sink)."""
@@ -86,7 +81,7 @@ class Coordinator:
     def stats(self) -> dict:
         """Messages routed and transport counters."""
         return {"routed": self.routed, "held": len(self.held),
-                "outbox": self._outbox.stats.as_dict() if self._outbox else None}
+                "outbox": self.outbox_stats()}
 
     def ping(self) -> tuple[str, int, str]:
         """Liveness probe: (incarnation, pid, node id)."""

@@ -69,10 +69,11 @@ def scan_output(path: str | Path, *, repair: bool = True, ok: list[int] | None =
     return ids, cut
 
 
-def drop_rows(path: str | Path, status: str, lock_wait_s: float = 30.0) -> int:
-    """Remove the output rows with ``_meta.status == status`` from an output file, so that ``--resume``
-    runs them again (``--retry-errors``): a streamed copy, fsynced, then renamed over the file, under the
-    output's lock. A torn last line is dropped too. Returns the number of rows removed."""
+def drop_rows(path: str | Path, status: str, lock_wait_s: float = 30.0, keys: set | None = None) -> int:
+    """Remove the output rows with ``_meta.status == status`` from a JSON Lines output (or journal), so
+    that ``--resume`` runs them again (``--retry-errors``): a streamed copy, fsynced, then renamed over
+    the file, under the file's lock. A torn last line is dropped too. Returns the number of rows
+    removed; their keys are added to ``keys`` when given."""
     p = Path(path)
     if not p.exists():
         return 0
@@ -91,6 +92,8 @@ def drop_rows(path: str | Path, status: str, lock_wait_s: float = 30.0) -> int:
                     meta = None
                 if isinstance(meta, dict) and meta.get("status") == status:
                     dropped += 1
+                    if keys is not None:
+                        keys.add(meta_key(meta))
                     continue
                 dst.write(raw)
             dst.flush()

@@ -41,6 +41,7 @@ from typing import Any
 from ..irtypes import ModelSpec, parse_models
 from ..names import CALL_TIMEOUT_S, RETRIES
 from ..semantics.engine import LLMCall, Reply
+from .stats import CallStats
 
 DEPLOYMENT = "VLLMServer"
 HEALTH_CHECK_PERIOD_S = 10.0
@@ -318,20 +319,10 @@ def resolve_models(ir: dict, models: list[str] | None = None, *, check: bool = T
 
 
 @dataclass(slots=True)
-class ServeStats:
-    """Counters of one ServeClient."""
+class ServeStats(CallStats):
+    """Counters of one ServeClient: those of every client, and the calls each replica answered."""
 
-    calls: int = 0
-    ok: int = 0
-    failed: int = 0
-    attempts: int = 0
-    retries: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
     by_replica: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"calls": self.calls, "ok": self.ok, "failed": self.failed, "attempts": self.attempts,
-                "retries": self.retries, "errors": dict(self.errors), "by_replica": dict(self.by_replica)}
 
 
 class ServeClient:

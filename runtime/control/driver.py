@@ -37,7 +37,7 @@ from ..data.inputs import InputError, Row, Source
 from ..names import MAX_IN_FLIGHT, ROW_ATTEMPTS
 from ..semantics.engine import Engine
 from ..semantics.message import Message, id_key, position_key
-from ..transport.outbox import Held, Outbox, pick_two
+from ..transport.outbox import Held, OutboxOwner, pick_two
 from ..transport.protocol import TO_AGENT, TO_COORDINATOR, TO_OUTPUT
 from .cluster import Handles, Topology
 
@@ -114,7 +114,7 @@ def trial_rows(rows: Iterator[Row], trials: int) -> Iterator[tuple[int, Any, int
             yield pos, raw, k
 
 
-class Driver:
+class Driver(OutboxOwner):
     """Admission, completion tracking and lost-row recovery for one run (an asyncio object)."""
 
     def __init__(self, engine: Engine, topo: Topology, source: str | Source, cfg: DriverConfig,
@@ -136,15 +136,7 @@ class Driver:
         self.res = DriverResult()
         self.last_progress = time.monotonic()
         self.incarnations: dict[str, str] = {}
-        self._outbox: Outbox | None = None
         self.rng = random.Random(0)
-
-    @property
-    def outbox(self) -> Outbox:
-        if self._outbox is None:
-            self._outbox = Outbox(coalesce=self.cfg.coalesce, window_s=self.cfg.window_s,
-                                  on_ack=self._on_ack, on_error=self._on_error)
-        return self._outbox
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self) -> DriverResult:

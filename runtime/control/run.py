@@ -23,9 +23,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..actors.agent import AgentActor, AgentConfig
 from ..actors.coordinator import Coordinator
 from ..actors.sim_service import SimService
-from ..actors.sink import OutputLocked, Sink, drop_rows
+from ..actors.sink import OutputLocked, Sink
 from ..data.inputs import InputError, Source, open_input
-from ..data.outputs import OutputError, finalize, journal_path, output_exists, output_format, read_metas
+from ..data.outputs import (
+    OutputError,
+    drop_status,
+    finalize,
+    journal_path,
+    output_exists,
+    output_format,
+    read_metas,
+)
 from ..ir import IRError, load_ir
 from ..names import (
     ADAPTIVE_CONCURRENCY,
@@ -314,9 +322,11 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
         raise RunError(f"output {path!r} cannot be written: {e.strerror or e}") from e
     if opts.retry_errors:
         try:
-            opts.retried_errors = drop_rows(path, "error")
+            opts.retried_errors = drop_status(path, "error")
         except OutputLocked:
             raise RunError(f"output {path!r} is being written by another run") from None
+        except OutputError as e:
+            raise RunError(f"{e}; --retry-errors cannot remove the error rows") from None
         except OSError as e:
             raise RunError(f"output {path!r} cannot be rewritten for --retry-errors: {e.strerror or e}") from e
 
@@ -324,8 +334,6 @@ def _prepare_output(path: str, opts: RunOptions) -> None:
 def _prepare_final(path: str, opts: RunOptions) -> None:
     """Checks of a Parquet or compressed output (written from its journal at the end: outputs.py)."""
     p = Path(path)
-    if opts.retry_errors:
-        raise RunError(f"--retry-errors needs a JSON Lines output (.jsonl); {path!r} is {output_format(path)}")
     if p.exists() and not p.is_file():
         raise RunError(f"output {path!r} is not a regular file")
     if opts.input != "-" and p.exists() and _same_file(opts.input, path):

@@ -7,7 +7,9 @@ sink writes a **journal**, ``OUT.journal.jsonl``, and :func:`finalize` turns it 
 run completes: the rows of an earlier ``OUT`` (``--resume``) then the journal's rows that ``OUT`` does
 not hold, written to ``OUT.tmp``, fsynced and renamed over ``OUT``; then the journal is removed. A crash
 at any point leaves the journal and ``OUT`` as they were or ``OUT`` complete: ``--resume`` skips the
-ids of both, and the merge's dedup keeps every row once even if it ran before.
+ids of both, and the merge's dedup keeps every row once even if it ran before. ``--retry-errors``
+removes the error rows from the journal, then from ``OUT`` (:func:`drop_status`), each file replaced
+whole in the same way, before the run starts.
 
 Parquet: each output field is a column whose type is inferred over the whole output (ints and floats
 make floats); a field whose values have no common Arrow type (a string in one row, a number in
@@ -155,10 +157,66 @@ def finalize(path: str, *, fsync: bool = True, lock_wait_s: float = 30.0) -> int
                     taken.add(key)
                     yield row
 
-    tmp = path + ".tmp"
     lock = _lock_journal(journal, lock_wait_s)
     try:
-        n = (_write_parquet if output_format(path) == "parquet" else _write_lines)(tmp, rows, output_format(path))
+        n = _replace(path, rows, fsync)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal)
+    except OSError as e:
+        raise OutputError(f"the output {path!r} cannot be written: {e.strerror or e}; the rows are in "
+                          f"{journal!r}, and --resume writes the output again") from None
+    finally:
+        if lock is not None:
+            os.close(lock)
+    return n
+
+
+def drop_status(path: str, status: str, *, fsync: bool = True, lock_wait_s: float = 30.0) -> int:
+    """Remove the rows with ``_meta.status == status`` from an output, so that ``--resume`` runs them
+    again (``--retry-errors``). Returns how many rows (distinct ids) were removed.
+
+    JSON Lines: :func:`~..actors.sink.drop_rows` on the file. A Parquet or compressed output: first its
+    journal (drop_rows: a copy, fsynced, renamed over it, under its lock), then, when it holds such rows,
+    the finished output (rewritten in its format to ``OUT.tmp``, fsynced, renamed over it, under the
+    journal's lock as :func:`finalize`). Each step replaces one file whole and only removes rows, so
+    after a crash anywhere each file still holds every row at most once and ``finalize``'s dedup keeps
+    it once in the output: an error row is either gone (the next run runs it) or still in a file (a
+    plain ``--resume`` counts it done; ``--retry-errors`` again removes it).
+    OSError, OutputLocked (another run writes the output) or OutputError (the output cannot be read)."""
+    from ..actors.sink import drop_rows, meta_key
+
+    journal = journal_path(path)
+    if journal == path:
+        return drop_rows(path, status, lock_wait_s)
+    keys: set = set()
+    if os.path.exists(journal):
+        drop_rows(journal, status, lock_wait_s, keys)
+    if not os.path.exists(path):
+        return len(keys)
+
+    def rows() -> Iterator[dict]:
+        for row in iter_rows(path):
+            if (row.get("_meta") or {}).get("status") != status:
+                yield row
+
+    lock = _lock_journal(journal, lock_wait_s)
+    try:
+        drop = {meta_key(m) for m in read_metas(path) if m.get("status") == status}
+        if drop:
+            _replace(path, rows, fsync)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    return len(keys | drop)
+
+
+def _replace(path: str, rows: Callable[[], Iterator[dict]], fsync: bool) -> int:
+    """Write ``rows`` (called once per pass) in ``path``'s format to ``path.tmp``, fsync it and rename it
+    over ``path``. Returns the rows written."""
+    tmp = path + ".tmp"
+    fmt = output_format(path)
+    try:
+        n = (_write_parquet if fmt == "parquet" else _write_lines)(tmp, rows, fmt)
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -166,16 +224,9 @@ def finalize(path: str, *, fsync: bool = True, lock_wait_s: float = 30.0) -> int
             finally:
                 os.close(fd)
         os.replace(tmp, path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal)
-    except OSError as e:
-        raise OutputError(f"the output {path!r} cannot be written: {e.strerror or e}; the rows are in "
-                          f"{journal!r}, and --resume writes the output again") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if lock is not None:
-            os.close(lock)
     return n
 
 

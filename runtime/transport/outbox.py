@@ -219,6 +219,36 @@ class Outbox:
         await self._idle.wait()
 
 
+class OutboxOwner:
+    """An actor or driver that sends through one :class:`Outbox` with its own ``_on_ack`` and
+    ``_on_error``. The outbox is made on first use, inside the owner's event loop (its asyncio
+    objects belong to that loop), with the owner's :meth:`_outbox_settings`."""
+
+    _outbox: Outbox | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            coalesce, window_s = self._outbox_settings()
+            self._outbox = Outbox(coalesce=coalesce, window_s=window_s,
+                                  on_ack=self._on_ack, on_error=self._on_error)
+        return self._outbox
+
+    def _outbox_settings(self) -> tuple[bool, float]:
+        """(coalesce, window_s) of the outbox: by default those of the owner's ``cfg``."""
+        return self.cfg.coalesce, self.cfg.window_s  # type: ignore[attr-defined]
+
+    def outbox_stats(self) -> dict | None:
+        """The outbox's counters (None when nothing was sent yet)."""
+        return self._outbox.stats.as_dict() if self._outbox is not None else None
+
+    def _on_ack(self, dest: Hashable, batch: list, load: Any) -> None:
+        raise NotImplementedError
+
+    def _on_error(self, dest: Hashable, batch: list, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
 def pack(batch: list) -> bytes:
     """A batch as one C-pickle blob. Ray serializes call arguments with cloudpickle, whose per-object
     hooks cost ~3x the C pickler on messages; a blob of bytes it passes through as is."""

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from matrixlang.runtime.control.run import RunError, RunOptions, run
-from matrixlang.runtime.data.outputs import iter_rows, journal_path
+from matrixlang.runtime.data import outputs
+from matrixlang.runtime.data.outputs import finalize, iter_rows, journal_path
 from support import ir_fixtures as F
 from test_inputs import write_jsonl, write_shards
 
@@ -105,33 +106,43 @@ def test_output_format_errors_are_clear(ray_local, tmp_path):
     (tmp_path / "out.parquet").write_bytes(b"garbage")
     with pytest.raises(RunError, match="cannot be read"):
         run(F.coral(), opts(src, tmp_path / "out.parquet", resume=True))
-    with pytest.raises(RunError, match="--retry-errors needs a JSON Lines output"):
+    with pytest.raises(RunError, match="cannot be read"):
         run(F.coral(), opts(src, tmp_path / "out.parquet", resume=True, retry_errors=True))
     with pytest.raises(RunError, match="no such file"):
         run(F.coral(), opts(tmp_path / "none.parquet", tmp_path / "o.jsonl"))
 
 
-def test_sigkill_of_mxc_run_into_parquet_then_resume_writes_every_row_once(ray_local, tmp_path):
-    """A real `mxc run` from Parquet shards into a Parquet output, SIGKILLed mid-run: the output is not
-    there yet, the journal holds whole lines; --resume writes the Parquet output with every row once."""
+def mxc_run(tmp_path: Path, ray_local, inp: Path, out: Path) -> list[str]:
+    """The command line of a real `mxc run` of coral (sim replies after 50 ms) on ``ray_local``."""
     ir = F.coral()
     ir["models"]["llm"]["sim"].update(ttft_s=0.05)
     ir_path = tmp_path / "coral.json"
     ir_path.write_text(json.dumps(F.finish(ir)))
-    n = 120
-    shards, out = write_shards(tmp_path / "shards", coral_rows(n), 25), tmp_path / "out.parquet"
-    journal = Path(journal_path(str(out)))
-    cmd = [sys.executable, "-m", "matrixlang", "run", str(ir_path), "--input", str(shards), "--output", str(out),
-           "--backend", "sim", "--max-in-flight", "8", "--address", ray_local.get_runtime_context().gcs_address,
-           "--progress", "off"]
+    return [sys.executable, "-m", "matrixlang", "run", str(ir_path), "--input", str(inp), "--output", str(out),
+            "--backend", "sim", "--max-in-flight", "8", "--address", ray_local.get_runtime_context().gcs_address,
+            "--progress", "off"]
+
+
+def kill_mid_run(cmd: list[str], journal: Path, lines: int = 15) -> None:
+    """Start ``cmd`` and SIGKILL it once ``journal`` holds ``lines`` rows (it must still be running)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
-    while (not journal.exists() or journal.read_bytes().count(b"\n") < 15) and proc.poll() is None:
+    while (not journal.exists() or journal.read_bytes().count(b"\n") < lines) and proc.poll() is None:
         assert time.monotonic() < deadline, "the run wrote nothing"
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_sigkill_of_mxc_run_into_parquet_then_resume_writes_every_row_once(ray_local, tmp_path):
+    """A real `mxc run` from Parquet shards into a Parquet output, SIGKILLed mid-run: the output is not
+    there yet, the journal holds whole lines; --resume writes the Parquet output with every row once."""
+    n = 120
+    shards, out = write_shards(tmp_path / "shards", coral_rows(n), 25), tmp_path / "out.parquet"
+    journal = Path(journal_path(str(out)))
+    cmd = mxc_run(tmp_path, ray_local, shards, out)
+    kill_mid_run(cmd, journal)
     assert not out.exists() and journal.read_bytes().count(b"\n") < n
     done = subprocess.run(cmd + ["--resume", "--summary", str(tmp_path / "s.json")], capture_output=True,
                           text=True, timeout=300)
@@ -140,3 +151,106 @@ def test_sigkill_of_mxc_run_into_parquet_then_resume_writes_every_row_once(ray_l
     assert len(ids) == len(set(ids)) == n and not journal.exists()
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["output_rows"] == n and summary["rows"] + summary["skipped_done"] == n
+
+
+def as_errors(row: dict) -> dict:
+    """``row`` as if its model had been down: status error."""
+    row["_meta"].update(status="error", reason="model_error", detail="model 'llm': connection refused")
+    return row
+
+
+def write_output(out: Path, rows: list[dict], journal: list[dict] = (), torn: str = "") -> None:
+    """A finished output of ``rows`` (written as the runtime writes it: a journal, then finalize), and
+    then a journal of ``journal`` rows and a ``torn`` last line, as a stopped or killed run leaves it."""
+    j = Path(journal_path(str(out)))
+    j.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out.unlink(missing_ok=True)
+    finalize(str(out))
+    if journal or torn:
+        j.write_text("".join(json.dumps(r) + "\n" for r in journal) + torn)
+
+
+def finished_rows(src: Path, out: Path, n: int) -> list[dict]:
+    """The ``n`` rows of a finished run of ``src``, in input order (a run into ``out``)."""
+    run(F.coral(), opts(src, out, limit=n))
+    return sorted(iter_rows(str(out)), key=lambda r: r["_meta"]["position"])
+
+
+@pytest.mark.parametrize("out", ["out.parquet", "out.jsonl.zst", "out.jsonl.gz"])
+def test_resume_with_retry_errors_runs_the_error_rows_again_once(ray_local, tmp_path, out):
+    """--resume --retry-errors into a Parquet or compressed output: the error rows of the output and of
+    its journal (a stopped run's, holding a row the output holds too, and a torn line) run again, and
+    every row is in the output once."""
+    src, dst = write_jsonl(tmp_path / "in.jsonl", coral_rows(16)), tmp_path / out
+    rows = finished_rows(src, dst, 14)
+    for i in (2, 5, 9, 13):
+        as_errors(rows[i])
+    write_output(dst, rows[:12], journal=[rows[9], rows[12], rows[13]], torn=json.dumps(rows[0])[:30])
+    plain = run(F.coral(), opts(src, dst, resume=True, limit=14))     # without it, errors stay as they are
+    assert plain["rows"] == 0 and plain["output_rows"] == 14
+    assert sum(r["_meta"]["status"] == "error" for r in iter_rows(str(dst))) == 4
+    write_output(dst, rows[:12], journal=[rows[9], rows[12], rows[13]], torn=json.dumps(rows[0])[:30])
+    s = run(F.coral(), opts(src, dst, resume=True, retry_errors=True))
+    got = list(iter_rows(str(dst)))
+    assert sorted(r["_meta"]["id"] for r in got) == sorted(f"q{i}" for i in range(16))   # each once
+    assert all(r["_meta"]["status"] != "error" for r in got) and not Path(journal_path(str(dst))).exists()
+    assert s["retried_errors"] == 4 and s["skipped_done"] == 10 and s["rows"] == 6 and s["output_rows"] == 16
+
+
+@pytest.mark.parametrize("then", ["resume", "retry_errors"])
+def test_retry_errors_stopped_between_the_journal_and_the_output_leaves_every_row_once(
+        ray_local, tmp_path, monkeypatch, then):
+    """--retry-errors removes the error rows from the journal first, then from the finished output: a
+    crash between the two (or while the output's copy is written: a stale OUT.tmp) leaves every row
+    once for a plain --resume, and another --retry-errors runs the error rows again."""
+    src, dst = write_jsonl(tmp_path / "in.jsonl", coral_rows(12)), tmp_path / "out.parquet"
+    rows = finished_rows(src, dst, 12)
+    for i in (1, 4, 8, 10):
+        as_errors(rows[i])
+    write_output(dst, rows[:9], journal=[rows[8], rows[9], rows[10]])
+    real = outputs._replace
+
+    def crash(path, rows, fsync):
+        Path(path + ".tmp").write_bytes(b"PAR1 half a file")     # what a killed copy leaves
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "_replace", crash)
+    with pytest.raises(RunError, match="cannot be rewritten for --retry-errors"):
+        run(F.coral(), opts(src, dst, resume=True, retry_errors=True))
+    monkeypatch.setattr(outputs, "_replace", real)
+    journal = [json.loads(x)["_meta"] for x in Path(journal_path(str(dst))).read_text().splitlines()]
+    assert [m["id"] for m in journal] == ["q9"]                   # its error rows q8 and q10 are gone
+    Path(str(dst) + ".tmp").write_bytes(b"PAR1 half a file")
+    s = run(F.coral(), opts(src, dst, resume=True, retry_errors=then == "retry_errors"))
+    got = list(iter_rows(str(dst)))
+    assert sorted(r["_meta"]["id"] for r in got) == sorted(f"q{i}" for i in range(12))   # each once
+    errors = sorted(r["_meta"]["id"] for r in got if r["_meta"]["status"] == "error")
+    if then == "resume":      # q10 left the journal and runs again (with q11); q1, q4, q8 are still done
+        assert errors == ["q1", "q4", "q8"] and s["rows"] == 2 and s["retried_errors"] == 0
+    else:
+        assert errors == [] and s["retried_errors"] == 3 and s["rows"] == 5
+
+
+@pytest.mark.parametrize("then", [[], ["--retry-errors"]], ids=["resume", "retry-errors"])
+def test_sigkill_of_mxc_run_retry_errors_into_parquet_then_resume_writes_every_row_once(ray_local, tmp_path, then):
+    """A real `mxc run --resume --retry-errors` into Parquet, SIGKILLed mid-run after it removed the
+    error rows: --resume (or --resume --retry-errors) finishes it, every row once and the error rows run
+    again."""
+    n = 120
+    src, out = write_jsonl(tmp_path / "in.jsonl", coral_rows(n)), tmp_path / "out.parquet"
+    rows = finished_rows(src, out, 60)
+    write_output(out, [as_errors(r) if r["_meta"]["position"] % 3 == 0 else r for r in rows])
+    journal = Path(journal_path(str(out)))
+    cmd = [*mxc_run(tmp_path, ray_local, src, out), "--resume"]
+    kill_mid_run([*cmd, "--retry-errors"], journal)
+    assert len(ids_of(out)) == 40                    # the 20 error rows are gone from the output
+    done = subprocess.run([*cmd, *then, "--summary", str(tmp_path / "s.json")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = list(iter_rows(str(out)))
+    ids = [r["_meta"]["id"] for r in got]
+    assert len(ids) == len(set(ids)) == n and not journal.exists()
+    assert not [r for r in got if r["_meta"]["status"] == "error"]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["output_rows"] == n and summary["rows"] + summary["skipped_done"] == n
+    assert summary["skipped_done"] >= 40 + 15 and summary["retried_errors"] == 0
