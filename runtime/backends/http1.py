@@ -361,9 +361,9 @@ class _Conn(asyncio.Protocol):
         resp = self._resp
         assert resp is not None
         self._state = _IDLE
-        if self._unzip is not None:
-            self._body(self._unzip.flush())
-            self._unzip = None
+        unzip, self._unzip = self._unzip, None
+        if unzip is not None:
+            self._body(unzip.flush())
         if resp.streaming:
             resp._end(None)
         else:
