@@ -18,7 +18,7 @@ of an agent's event loop at 1,024 calls in flight; this costs less than half of 
   before the reply's head was complete) and :class:`ProtocolError` (a malformed head) are
   ``ConnectionError``s; :class:`BrokenReply` is a body cut short or malformed. Names and messages are
   aiohttp's, so the caller's error details read the same with either client. Deadlines are the
-  caller's (``asyncio.timeout``).
+  caller's (:func:`deadline`: ``asyncio.timeout``, ``async_timeout`` before Python 3.11).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
+
+try:
+    from asyncio import timeout as deadline  # the caller's per-request deadline (Python 3.11+)
+except ImportError:  # pragma: no cover - Python 3.10: aiohttp's own dependency there
+    from async_timeout import timeout as deadline  # type: ignore[no-redef]  # noqa: F401
 
 KEEPALIVE_S = 15.0                 # an idle connection is closed after this long
 DNS_TTL_S = 300.0                  # a host name's addresses are kept this long

@@ -647,7 +647,7 @@ class OpenAIClient:
             if head is None:
                 text, usage = await self._post_aiohttp(ep, path, data, chat)
             else:
-                async with asyncio.timeout(self.spec.timeout_s):
+                async with http1.deadline(self.spec.timeout_s):
                     resp = await http1.shared_pool(MAX_CONNECTIONS).request(
                         self._lean_keys[ep.index], b"".join((head[path], b"%d\r\n\r\n" % len(data), data)))
                     try:
