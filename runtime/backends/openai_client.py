@@ -1,8 +1,12 @@
 """The ``openai`` backend: an async client for OpenAI-compatible servers (vLLM, SGLang, hosted APIs,
-``mxc sim-server``), built on plain aiohttp to keep the CPU per call small.
+``mxc sim-server``), built to keep the CPU per call small.
 
-- One pooled ``aiohttp.ClientSession`` per process and event loop (``shared_session``), shared by every
-  model's client in an agent actor.
+- Transport: ``http://`` endpoints through the lean HTTP/1.1 client of ``http1`` (one keep-alive
+  connection pool per event loop, ``http1.shared_pool``); ``https://`` ones, URLs with credentials and
+  redirects (a 3xx with a ``Location``: the request is sent again through aiohttp, which follows it as it
+  always did) through one pooled ``aiohttp.ClientSession`` per process and event loop
+  (``shared_session``); ``MX_HTTP_CLIENT=aiohttp`` sends every call through aiohttp. Both are shared
+  by every model's client in an agent actor, up to ``MAX_CONNECTIONS`` connections each.
 - ``OpenAIModel`` is what the driver resolves from the IR (``resolve_models``): URLs (an ``env`` reference
   is read from the driver's environment, comma-separated URLs are load-balanced), the API key (from the
   environment only; held in a ``Secret`` whose repr hides it), params, timeout and retries.
