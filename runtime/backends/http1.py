@@ -1,5 +1,6 @@
-"""A lean HTTP/1.1 client for the ``openai`` backend's plain-``http://`` calls: aiohttp cost about half
-of an agent's event loop at 1,024 calls in flight; this costs less than half of aiohttp per call.
+"""A lean HTTP/1.1 client for the ``openai`` backend's plain-``http://`` calls: aiohttp was ~45% of an
+agent's event loop at 1,024 calls in flight; a whole ``OpenAIClient`` call costs 0.13-0.14 ms of CPU
+on this client against 0.17-0.26 ms on aiohttp (docs/benchmarks.md, the HTTP path).
 
 - One :class:`Pool` per event loop (:func:`shared_pool`), keyed by (scheme, host, port), at most
   ``limit`` connections in all (a request beyond waits for one); idle connections are kept alive, the
