@@ -121,6 +121,7 @@ def run_mxc(ir: dict, inp: Path, tmp: Path, in_flight: int, seed: int, offload: 
             "cpu_by_group": {k: round(v, 2) for k, v in cpu.items()}, "calls": calls, "steps": steps,
             "latency_mean_s": lat_mean, "latency_p50_s": max(a["p50_s"] or 0 for a in s["agents"].values()),
             "server": counts, "by_status": s["by_status"], "monitor": mon.summary(s["elapsed_s"]),
+            "http": sorted({h for c in (s.get("clients") or {}).values() for h in c.get("http", [])}),
             "aimd": {u: {k: e[k] for k in ("decreases", "latency_decreases", "pauses", "limit_min")}
                      for c in (s.get("clients") or {}).values() for u, e in c["endpoints"].items()}}
 
@@ -138,6 +139,7 @@ def compare(rows: list[dict], in_flight: int, seed: int, plain: dict, mxc: dict)
                      "added_latency_ms": round(1000 * (r["latency_mean_s"] - per_call), 1),
                      "latency_p50_ms": round(1000 * r["latency_p50_s"], 1)}
     fig["mxc"]["cpu_by_group_s"] = mxc["cpu_by_group"]
+    fig["mxc"]["http"] = mxc["http"]   # its HTTP client: "lean" (http1) or "aiohttp" (MX_HTTP_CLIENT)
     fig["mxc"]["aimd"] = mxc["aimd"]   # per endpoint: cuts of the adaptive limit (none expected here)
     fig["ideal"] = {"rows_per_s": round(best["rows_per_s"], 2), "makespan_s": round(best["makespan_s"], 2)}
     return {"in_flight": in_flight, "rows": len(rows), "same_work": same, "calls": best["calls"],
@@ -153,7 +155,7 @@ def print_row(c: dict) -> None:
           f"ideal {i['rows_per_s']:6.1f}   mxc/plain {c['ratio_mxc_plain']:.3f}   "
           f"CPU/call plain {p['cpu_ms_per_call']:.2f} ms, mxc {m['cpu_ms_per_call']:.2f} ms   "
           f"added latency plain {p['added_latency_ms']:.1f} ms, mxc {m['added_latency_ms']:.1f} ms   "
-          f"same work {all(c['same_work'].values())}   load {c['loadavg_end']}   "
+          f"mxc http {','.join(m.get('http', []))}   same work {all(c['same_work'].values())}   load {c['loadavg_end']}   "
           f"other processes' CPU {c.get('other_cpu_s', 0):.2f} s", flush=True)
 
 

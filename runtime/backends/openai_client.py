@@ -1,8 +1,12 @@
 """The ``openai`` backend: an async client for OpenAI-compatible servers (vLLM, SGLang, hosted APIs,
-``mxc sim-server``), built on plain aiohttp to keep the CPU per call small.
+``mxc sim-server``), built to keep the CPU per call small.
 
-- One pooled ``aiohttp.ClientSession`` per process and event loop (``shared_session``), shared by every
-  model's client in an agent actor.
+- Transport: ``http://`` endpoints through the lean HTTP/1.1 client of ``http1`` (one keep-alive
+  connection pool per event loop, ``http1.shared_pool``); ``https://`` ones, URLs with credentials and
+  redirects (a 3xx with a ``Location``: the request is sent again through aiohttp, which follows it as it
+  always did) through one pooled ``aiohttp.ClientSession`` per process and event loop
+  (``shared_session``); ``MX_HTTP_CLIENT=aiohttp`` sends every call through aiohttp. Both are shared
+  by every model's client in an agent actor, up to ``MAX_CONNECTIONS`` connections each.
 - ``OpenAIModel`` is what the driver resolves from the IR (``resolve_models``): URLs (an ``env`` reference
   is read from the driver's environment, comma-separated URLs are load-balanced), the API key (from the
   environment only; held in a ``Secret`` whose repr hides it), params, timeout and retries.
@@ -47,7 +51,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Hashable, Mapping
+from collections.abc import AsyncIterable, Hashable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -66,6 +70,7 @@ from ..names import (
 )
 from ..semantics.engine import LLMCall, Reply
 from ..semantics.message import without_runtime_keys
+from . import http1
 from .aimd import AdaptiveLimit
 from .endpoints import Endpoint, EndpointPool, display_url
 
@@ -75,6 +80,8 @@ SIM_OWNER = "matrixlang-sim"       # /v1/models `owned_by` of mxc sim-server
 MAX_CONNECTIONS = 1024             # pooled connections per process
 MAX_RETRY_AFTER_S = 60.0           # a longer Retry-After is capped
 RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the lean client hands these to aiohttp
+HTTP_CLIENT_ENV = "MX_HTTP_CLIENT"                # "aiohttp": every call through aiohttp; else lean for http://
 
 
 class Secret:
@@ -367,7 +374,8 @@ def shared_session() -> aiohttp.ClientSession:
 
 
 async def close_shared_session() -> None:
-    """Close this loop's session (tests, clean shutdown)."""
+    """Close this loop's session and its lean connection pool (tests, clean shutdown)."""
+    http1.close_shared_pool()
     s = _sessions.pop(asyncio.get_running_loop(), None)
     if s is not None:
         await s.close()
@@ -406,6 +414,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(secs, 0.0), MAX_RETRY_AFTER_S)
 
 
+def http_client(environ: Mapping[str, str] = os.environ) -> str:
+    """``"aiohttp"`` when ``$MX_HTTP_CLIENT`` asks for it (every call through aiohttp), else ``"lean"``
+    (``http1`` for plain-http endpoints, aiohttp for the others)."""
+    v = (environ.get(HTTP_CLIENT_ENV) or "lean").strip().lower()
+    if v not in ("lean", "aiohttp"):
+        log.warning("$%s=%r: not 'lean' or 'aiohttp'; using lean", HTTP_CLIENT_ENV, v)
+    return "aiohttp" if v == "aiohttp" else "lean"
+
+
 class OpenAIClient:
     """Calls one model's OpenAI-compatible endpoints (see the module docstring)."""
 
@@ -421,6 +438,13 @@ class OpenAIClient:
         if self._key:
             self._headers["Authorization"] = f"Bearer {self._key}"
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+        self.http = http_client(environ)
+        # per endpoint, the lean client's pool key and request heads by path (None: aiohttp's endpoint)
+        self._lean_keys = [http1.pool_key(u) if self.http == "lean" else None for u in spec.urls]
+        lean_headers = {**self._headers, "User-Agent": "matrixlang"}
+        self._lean_heads = [None if k is None else {p: http1.request_head(u + p, lean_headers)
+                                                    for p in ("/chat/completions", "/completions")}
+                            for u, k in zip(spec.urls, self._lean_keys, strict=True)]
         self.rng = rng or random.Random()
         self.stats = ClientStats()
         self._texts: dict[Hashable, EncodedTexts] = {}   # per row (key): its texts, encoded once
@@ -482,7 +506,7 @@ class OpenAIClient:
         if self.limits is not None:
             for e, lim in zip(eps, self.limits, strict=True):
                 e["aimd"] = lim.snapshot()
-        return {**self.stats.as_dict(), "adaptive": self.limits is not None, "endpoints": eps}
+        return {**self.stats.as_dict(), "adaptive": self.limits is not None, "http": self.http, "endpoints": eps}
 
     # -- internals ----------------------------------------------------------------------------------
     async def _complete(self, path: str, body: dict, key: Hashable | None, sim: dict | None,
@@ -622,33 +646,28 @@ class OpenAIClient:
 
     async def _attempt(self, ep: Endpoint, path: str, data: bytes, chat: bool,
                        prompt_tokens: int | None) -> Reply:
-        session = shared_session()
+        head = self._lean_heads[ep.index]
         try:
-            async with session.post(ep.url + path, data=data, headers=self._headers,
-                                    timeout=self._timeout) as resp:
-                status = resp.status
-                if status >= 400:
-                    text = await resp.text(errors="replace")
-                    err = _error_message(text, self._key)
-                    if status == 429 and "insufficient_quota" in text:
-                        raise _Final(f"HTTP 429: {err}")
-                    if status >= 500 or status in RETRY_STATUS:
-                        wait = retry_after_of(resp.headers)
-                        throttle = status == 429 or (status == 503 and wait is not None)
-                        raise _Retry(f"HTTP {status}: {err}", retry_after=wait, throttle=throttle,
-                                     breaker=None if status < 500 or throttle else False,
-                                     overload=status in (429, 503))
-                    raise _Final(f"HTTP {status}: {err}")
-                if resp.content_type == "text/event-stream":
-                    text, usage = await _read_stream(resp, chat, self._key)
-                else:
-                    text, usage = _parse_reply(await resp.read(), chat)
+            if head is None:
+                text, usage = await self._post_aiohttp(ep, path, data, chat)
+            else:
+                async with http1.deadline(self.spec.timeout_s):
+                    resp = await http1.shared_pool(MAX_CONNECTIONS).request(
+                        self._lean_keys[ep.index], b"".join((head[path], b"%d\r\n\r\n" % len(data), data)))
+                    try:
+                        redirect = resp.status in REDIRECTS and resp.headers.get("location") is not None
+                        if not redirect:
+                            text, usage = await self._reply(resp, chat)
+                    finally:
+                        resp.release()
+                    if redirect:     # followed as ever, by aiohttp (the key stays with its origin)
+                        text, usage = await self._post_aiohttp(ep, path, data, chat)
         except (_Retry, _Final):
             raise
         except asyncio.TimeoutError:
             raise _Retry(f"timeout: no reply within {self.spec.timeout_s:g}s", breaker=False,
                          overload=True) from None
-        except aiohttp.ClientPayloadError as e:
+        except (aiohttp.ClientPayloadError, http1.BrokenReply) as e:
             raise _Retry(f"broken reply: {e}", breaker=False) from None
         except (aiohttp.ClientError, OSError) as e:
             raise _Retry(f"connection error: {type(e).__name__}: {e}", breaker=False) from None
@@ -662,6 +681,30 @@ class OpenAIClient:
         if not isinstance(ctok, int):
             ctok = max(1, len(text) // 4) if text else 0
         return Reply(text, ptok, ctok)
+
+    async def _post_aiohttp(self, ep: Endpoint, path: str, data: bytes, chat: bool) -> tuple[str, dict | None]:
+        async with shared_session().post(ep.url + path, data=data, headers=self._headers,
+                                         timeout=self._timeout) as resp:
+            return await self._reply(resp, chat)
+
+    async def _reply(self, resp: aiohttp.ClientResponse | http1.Response, chat: bool) -> tuple[str, dict | None]:
+        """(text, usage) of a reply from either client; _Retry or _Final for an HTTP error status."""
+        status = resp.status
+        if status >= 400:
+            text = await resp.text(errors="replace")
+            err = _error_message(text, self._key)
+            if status == 429 and "insufficient_quota" in text:
+                raise _Final(f"HTTP 429: {err}")
+            if status >= 500 or status in RETRY_STATUS:
+                wait = retry_after_of(resp.headers)
+                throttle = status == 429 or (status == 503 and wait is not None)
+                raise _Retry(f"HTTP {status}: {err}", retry_after=wait, throttle=throttle,
+                             breaker=None if status < 500 or throttle else False,
+                             overload=status in (429, 503))
+            raise _Final(f"HTTP {status}: {err}")
+        if resp.content_type == "text/event-stream":
+            return await _read_stream(resp.content, chat, self._key)
+        return _parse_reply(await resp.read(), chat)
 
     def _clean(self, s: str) -> str:
         """``s`` without the API key, whatever a server echoed (:func:`scrub`)."""
@@ -720,13 +763,14 @@ def _parse_reply(raw: bytes, chat: bool) -> tuple[str, dict | None]:
     return ("" if text is None else str(text)), (usage if isinstance(usage, dict) else None)
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, chat: bool,
+async def _read_stream(lines: AsyncIterable[bytes], chat: bool,
                        secret: str | None = None) -> tuple[str, dict | None]:
-    """(text, usage) of a server-sent-events completion stream (``data: {...}`` ... ``data: [DONE]``)."""
+    """(text, usage) of a server-sent-events completion stream (``data: {...}`` ... ``data: [DONE]``),
+    from the body's lines (either client's ``resp.content``)."""
     parts: list[str] = []
     usage = None
     done = False
-    async for raw in resp.content:
+    async for raw in lines:
         line = raw.strip()
         if not line.startswith(b"data:"):
             continue

@@ -84,8 +84,10 @@ def client_totals(stats: dict) -> dict:
         for model, c in (clients or {}).items():
             if "calls" not in c:                # a vllm ServeClient: other counters
                 continue
-            t = out.setdefault(model, {k: 0 for k in CLIENT_COUNTERS} | {"clients": 0, "endpoints": {}})
+            t = out.setdefault(model, {k: 0 for k in CLIENT_COUNTERS} | {"clients": 0, "http": [], "endpoints": {}})
             t["clients"] += 1
+            if c.get("http") and c["http"] not in t["http"]:     # the HTTP client(s): "lean", "aiohttp"
+                t["http"].append(c["http"])
             for k in CLIENT_COUNTERS:
                 t[k] += c.get(k, 0)
             for e in c.get("endpoints", []):
