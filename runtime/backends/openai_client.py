@@ -73,6 +73,7 @@ from ..semantics.message import without_runtime_keys
 from . import http1
 from .aimd import AdaptiveLimit
 from .endpoints import Endpoint, EndpointPool, display_url
+from .stats import CallStats
 
 log = logging.getLogger("matrixlang.runtime.openai")
 
@@ -230,28 +231,15 @@ class OpenAIModel:
 
 
 @dataclass(slots=True)
-class ClientStats:
-    """Counters of one client (no secrets)."""
+class ClientStats(CallStats):
+    """Counters of one client (no secrets): those of every client, and the HTTP path's own."""
 
-    calls: int = 0
-    ok: int = 0
-    failed: int = 0
-    attempts: int = 0
-    retries: int = 0
     retry_after: int = 0                   # retries that waited for the server's Retry-After
     outage_waits: int = 0                  # waits while every endpoint was down (no attempt used)
     outage_s: float = 0.0                  # seconds spent in those waits, all calls together
     throttled: int = 0                     # 429 answers, and 503 with Retry-After
     throttle_free: int = 0                 # of those, retried without using an attempt
-    errors: dict[str, int] = field(default_factory=dict)   # attempt failure kinds
     sleeps: list[float] = field(default_factory=list)      # the last 1000 retry delays (seconds)
-
-    def as_dict(self) -> dict:
-        return {"calls": self.calls, "ok": self.ok, "failed": self.failed, "attempts": self.attempts,
-                "retries": self.retries, "retry_after": self.retry_after, "outage_waits": self.outage_waits,
-                "throttled": self.throttled, "throttle_free": self.throttle_free,
-                "outage_s": round(self.outage_s, 3), "errors": dict(self.errors),
-                "sleeps": list(self.sleeps)}
 
 
 # ---- resolving models from the IR (driver side) ------------------------------------------------
