@@ -260,13 +260,10 @@ class _Conn(asyncio.Protocol):
         while buf:
             st = self._state
             if st == _HEAD:
-                i = buf.find(b"\r\n\r\n")
-                if i < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise ProtocolError("reply head too long")
-                    self._buf = buf
+                cut = self._until(buf, b"\r\n\r\n", ProtocolError, "reply head too long")
+                if cut is None:
                     return
-                head, buf = buf[:i], buf[i + 4:]
+                head, buf = cut
                 self._head(head)
             elif st in (_LENGTH, _CHUNK):
                 n = self._left
@@ -281,13 +278,10 @@ class _Conn(asyncio.Protocol):
                 else:
                     self._state = _CHUNK_END
             elif st in (_SIZE, _TRAILER, _CHUNK_END):
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise BrokenReply("chunk header too long")
-                    self._buf = buf
+                cut = self._until(buf, b"\r\n", BrokenReply, "chunk header too long")
+                if cut is None:
                     return
-                line, buf = buf[:i], buf[i + 2:]
+                line, buf = cut
                 if st == _SIZE:
                     size = int(line.split(b";", 1)[0].strip(), 16)
                     if size < 0:
@@ -306,6 +300,17 @@ class _Conn(asyncio.Protocol):
                 if self._resp is not None:
                     self._resp.keep = False
                 return
+
+    def _until(self, buf: bytes, sep: bytes, error: type[Exception], too_long: str) -> tuple[bytes, bytes] | None:
+        """(the bytes before ``sep``, those after it); None, ``buf`` kept for the next bytes, when ``sep``
+        has not arrived yet; ``error(too_long)`` when it is still missing after ``MAX_HEAD`` bytes."""
+        i = buf.find(sep)
+        if i < 0:
+            if len(buf) > MAX_HEAD:
+                raise error(too_long)
+            self._buf = buf
+            return None
+        return buf[:i], buf[i + len(sep):]
 
     def _head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
