@@ -28,7 +28,8 @@ import asyncio
 import socket
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 try:
@@ -587,17 +588,24 @@ class Pool:
 
 
 _pools: dict[asyncio.AbstractEventLoop, Pool] = {}
+T = TypeVar("T")
+
+
+def per_loop(store: dict[asyncio.AbstractEventLoop, T], make: Callable[[asyncio.AbstractEventLoop], T]) -> T:
+    """The running event loop's object in ``store`` (one with a ``closed`` attribute): ``make(loop)`` on
+    first use or when the one kept is closed; the entries of closed loops are dropped then."""
+    loop = asyncio.get_running_loop()
+    obj = store.get(loop)
+    if obj is None or obj.closed:  # type: ignore[attr-defined]
+        for other in [lp for lp in store if lp.is_closed()]:
+            del store[other]
+        obj = store[loop] = make(loop)
+    return obj
 
 
 def shared_pool(limit: int) -> Pool:
     """This event loop's pool (created on first use, with ``limit``)."""
-    loop = asyncio.get_running_loop()
-    p = _pools.get(loop)
-    if p is None or p.closed:
-        for other in [lp for lp in _pools if lp.is_closed()]:
-            del _pools[other]
-        p = _pools[loop] = Pool(limit, loop)
-    return p
+    return per_loop(_pools, lambda loop: Pool(limit, loop))
 
 
 def close_shared_pool() -> None:

@@ -349,16 +349,10 @@ _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
 def shared_session() -> aiohttp.ClientSession:
     """This process's pooled session for the running event loop (created on first use)."""
-    loop = asyncio.get_running_loop()
-    s = _sessions.get(loop)
-    if s is None or s.closed:
-        for other in [lp for lp in _sessions if lp.is_closed()]:
-            del _sessions[other]
-        conn = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ttl_dns_cache=300,
-                                    enable_cleanup_closed=True)
-        s = _sessions[loop] = aiohttp.ClientSession(connector=conn, trust_env=False,
-                                                    cookie_jar=aiohttp.DummyCookieJar())
-    return s
+    return http1.per_loop(_sessions, lambda _loop: aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, ttl_dns_cache=300,
+                                       enable_cleanup_closed=True),
+        trust_env=False, cookie_jar=aiohttp.DummyCookieJar()))
 
 
 async def close_shared_session() -> None:
@@ -427,12 +421,12 @@ class OpenAIClient:
             self._headers["Authorization"] = f"Bearer {self._key}"
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.http = http_client(environ)
-        # per endpoint, the lean client's pool key and request heads by path (None: aiohttp's endpoint)
-        self._lean_keys = [http1.pool_key(u) if self.http == "lean" else None for u in spec.urls]
+        # per endpoint, the lean client's (pool key, request heads by path); None: aiohttp's endpoint
+        keys = [http1.pool_key(u) if self.http == "lean" else None for u in spec.urls]
         lean_headers = {**self._headers, "User-Agent": "matrixlang"}
-        self._lean_heads = [None if k is None else {p: http1.request_head(u + p, lean_headers)
-                                                    for p in ("/chat/completions", "/completions")}
-                            for u, k in zip(spec.urls, self._lean_keys, strict=True)]
+        self._lean = [None if k is None else (k, {p: http1.request_head(u + p, lean_headers)
+                                                  for p in ("/chat/completions", "/completions")})
+                      for u, k in zip(spec.urls, keys, strict=True)]
         self.rng = rng or random.Random()
         self.stats = ClientStats()
         self._texts: dict[Hashable, EncodedTexts] = {}   # per row (key): its texts, encoded once
@@ -634,14 +628,15 @@ class OpenAIClient:
 
     async def _attempt(self, ep: Endpoint, path: str, data: bytes, chat: bool,
                        prompt_tokens: int | None) -> Reply:
-        head = self._lean_heads[ep.index]
+        lean = self._lean[ep.index]
         try:
-            if head is None:
+            if lean is None:
                 text, usage = await self._post_aiohttp(ep, path, data, chat)
             else:
+                key, heads = lean
                 async with http1.deadline(self.spec.timeout_s):
                     resp = await http1.shared_pool(MAX_CONNECTIONS).request(
-                        self._lean_keys[ep.index], b"".join((head[path], b"%d\r\n\r\n" % len(data), data)))
+                        key, b"".join((heads[path], b"%d\r\n\r\n" % len(data), data)))
                     try:
                         redirect = resp.status in REDIRECTS and resp.headers.get("location") is not None
                         if not redirect:

@@ -157,17 +157,14 @@ def finalize(path: str, *, fsync: bool = True, lock_wait_s: float = 30.0) -> int
                     taken.add(key)
                     yield row
 
-    lock = _lock_journal(journal, lock_wait_s)
-    try:
-        n = _replace(path, rows, fsync)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal)
-    except OSError as e:
-        raise OutputError(f"the output {path!r} cannot be written: {e.strerror or e}; the rows are in "
-                          f"{journal!r}, and --resume writes the output again") from None
-    finally:
-        if lock is not None:
-            os.close(lock)
+    with _journal_locked(journal, lock_wait_s):
+        try:
+            n = _replace(path, rows, fsync)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal)
+        except OSError as e:
+            raise OutputError(f"the output {path!r} cannot be written: {e.strerror or e}; the rows are in "
+                              f"{journal!r}, and --resume writes the output again") from None
     return n
 
 
@@ -199,14 +196,10 @@ def drop_status(path: str, status: str, *, fsync: bool = True, lock_wait_s: floa
             if (row.get("_meta") or {}).get("status") != status:
                 yield row
 
-    lock = _lock_journal(journal, lock_wait_s)
-    try:
+    with _journal_locked(journal, lock_wait_s):
         drop = {meta_key(m) for m in read_metas(path) if m.get("status") == status}
         if drop:
             _replace(path, rows, fsync)
-    finally:
-        if lock is not None:
-            os.close(lock)
     return len(keys | drop)
 
 
@@ -230,20 +223,25 @@ def _replace(path: str, rows: Callable[[], Iterator[dict]], fsync: bool) -> int:
     return n
 
 
-def _lock_journal(journal: str, wait_s: float = 30.0) -> int | None:
-    """Hold the journal's lock while it is merged and removed (a run's sink may still be exiting; a
-    run writing it now makes this an OutputError). None when there is no journal."""
+@contextlib.contextmanager
+def _journal_locked(journal: str, wait_s: float = 30.0) -> Iterator[None]:
+    """Hold the journal's lock while the output is rewritten (a run's sink may still be exiting; a run
+    writing it now makes this an OutputError); nothing to hold when there is no journal."""
     from ..actors.sink import OutputLocked, _lock
 
     try:
         fd = os.open(journal, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        yield
+        return
     try:
         _lock(fd, journal, wait_s)              # closes fd when it gives up
     except OutputLocked as e:
         raise OutputError(str(e)) from None
-    return fd
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_lines(tmp: str, rows: Callable[[], Iterator[dict]], fmt: str) -> int:

@@ -442,7 +442,7 @@ def test_mx_http_client_aiohttp_and_https_urls_use_aiohttp():
     assert r.text == "x" and c.http == "aiohttp" and not pooled and c.snapshot()["http"] == "aiohttp"
     assert b"aiohttp" in srv.heads[0]                       # its User-Agent
     tls = OpenAIClient(OpenAIModel(model="llm", name="m", urls=["https://a/v1", "http://u:p@b/v1", "http://c/v1"]))
-    assert tls.http == "lean" and [k is not None for k in tls._lean_keys] == [False, False, True]
+    assert tls.http == "lean" and [t is not None for t in tls._lean] == [False, False, True]
 
 
 def test_closing_the_shared_session_closes_the_pools_connections():
